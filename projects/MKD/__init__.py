@@ -1,0 +1,1 @@
+"""Masked Knowledge Distillation for Detectron2."""
