@@ -1,0 +1,131 @@
+"""Losses that compare teacher and student FPN features: reusable by every distiller."""
+from typing import Dict, Iterable, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["normalize_features", "FeatureLoss", "GcBlock", "GlobalLoss"]
+
+NORMALIZATIONS = ("channel", "layernorm", "none")
+
+
+def normalize_features(x: torch.Tensor, mode: str = "channel", eps: float = 1e-6) -> torch.Tensor:
+    """Affine-free normalisation so that teacher and student compare on one scale.
+
+    ``channel``: standardise each channel over H x W, per image. ``layernorm``: standardise
+    each position over C. ``none``: identity.
+    """
+    if mode == "channel":
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        var = x.var(dim=(2, 3), keepdim=True, unbiased=False)
+        return (x - mean) * torch.rsqrt(var + eps)
+    if mode == "layernorm":
+        return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], eps=eps).permute(0, 3, 1, 2)
+    if mode == "none":
+        return x
+    raise ValueError(f"Unknown normalization {mode!r}; choose one of {NORMALIZATIONS}")
+
+
+def _check_choice(name: str, value: str, choices: Iterable[str]):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+class FeatureLoss(nn.Module):
+    """``sum_i 1/(2 N_i) * ||T_i - S_i||^2`` over levels, averaged over images.
+
+    ``positions="hidden"`` restricts the sum (and ``N_i``) to positions whose patch was hidden
+    from the student: the MAE habit, an ablation of MKD's all-position default.
+    """
+
+    def __init__(self, normalize: str = "channel", positions: str = "all"):
+        super().__init__()
+        _check_choice("normalize", normalize, NORMALIZATIONS)
+        _check_choice("positions", positions, ("all", "hidden"))
+        self.normalize = normalize
+        self.positions = positions
+
+    def forward(
+        self,
+        student: Dict[str, torch.Tensor],
+        teacher: Dict[str, torch.Tensor],
+        hidden: Optional[Dict[str, torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        """``hidden[level]``: (N, 1, H, W), 1 where the student's patch was hidden."""
+        if self.positions == "hidden" and hidden is None:
+            raise ValueError("FeatureLoss(positions='hidden') needs the student's patch mask")
+        total = 0.0
+        for level, s in student.items():
+            t = teacher[level]
+            sq = (normalize_features(s, self.normalize) - normalize_features(t, self.normalize))
+            sq = sq.pow(2)
+            if self.positions == "hidden":
+                weight = hidden[level].to(sq.dtype)
+                count = (weight.sum() * s.shape[1]).clamp(min=1.0)
+                total = total + (sq * weight).sum() / (2 * count)
+            else:
+                total = total + sq.mean() / 2
+        return total
+
+
+class GcBlock(nn.Module):
+    """FGD's global-context block ``R(F) = F + transform(context(F))`` (GCNet).
+
+    The last conv starts at zero so ``R`` starts as the identity.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        hidden = max(channels // 2, 1)
+        self.context = nn.Conv2d(channels, 1, kernel_size=1)
+        self.transform = nn.Sequential(
+            nn.Conv2d(channels, hidden, kernel_size=1),
+            nn.LayerNorm([hidden, 1, 1]),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, kernel_size=1),
+        )
+        nn.init.kaiming_normal_(self.context.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.zeros_(self.transform[-1].weight)
+        nn.init.zeros_(self.transform[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        attention = self.context(x).view(n, 1, h * w).softmax(dim=-1)  # (N, 1, HW)
+        context = torch.bmm(x.view(n, c, h * w), attention.transpose(1, 2)).view(n, c, 1, 1)
+        return x + self.transform(context)
+
+
+class GlobalLoss(nn.Module):
+    """FGD's global loss ``sum_i ||R_T(T_i) - R_S(S_i)||^2`` with separate, learnable GcBlocks
+    for the teacher and student sides of every level.
+
+    ``reduction="sum"`` is FGD's (summed, divided by the batch size; its weights are tiny);
+    ``"mean"`` divides by ``2 C H W`` like ``FeatureLoss`` so that weights do not depend on the
+    image size.
+    """
+
+    def __init__(self, normalize: str = "channel", reduction: str = "mean"):
+        super().__init__()
+        _check_choice("normalize", normalize, NORMALIZATIONS)
+        _check_choice("reduction", reduction, ("mean", "sum"))
+        self.normalize = normalize
+        self.reduction = reduction
+        self.student_blocks = nn.ModuleDict()
+        self.teacher_blocks = nn.ModuleDict()
+
+    def build(self, channels: Dict[str, int]):
+        """Creates one GcBlock pair per level, ``channels[level]`` wide."""
+        for level, c in channels.items():
+            self.student_blocks[level] = GcBlock(c)
+            self.teacher_blocks[level] = GcBlock(c)
+        return self
+
+    def forward(self, student: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor]):
+        total = 0.0
+        for level, s in student.items():
+            s = self.student_blocks[level](normalize_features(s, self.normalize))
+            t = self.teacher_blocks[level](normalize_features(teacher[level], self.normalize))
+            sq = (s - t).pow(2)
+            total = total + (sq.mean() / 2 if self.reduction == "mean" else sq.sum() / len(sq))
+        return total

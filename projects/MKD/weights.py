@@ -1,0 +1,82 @@
+"""Loading teacher/student weights loudly, and cutting the student out of an MKD checkpoint.
+
+Detectron2's checkpointer logs and carries on when a file is missing or keys do not match; for
+a teacher that means distilling from random weights (the most common complaint against peer
+tools). These helpers use the same checkpointer, then verify.
+"""
+import logging
+import os
+from typing import Dict
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
+from torch import nn
+
+__all__ = ["load_verified_weights", "copy_matching_weights", "student_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+STUDENT_PREFIX = "student."
+
+
+def load_verified_weights(model: nn.Module, path: str, role: str = "teacher") -> None:
+    """Loads a Detectron2 ``.pkl`` (model zoo) or ``.pth`` into ``model``; raises if the file is
+    missing or if any parameter/buffer of ``model`` is left unloaded or gets a wrong shape."""
+    if not path:
+        raise ValueError(
+            f"No {role} weights configured: set model.{role}_weights to a Detectron2 .pkl/.pth "
+            f"(e.g. model.{role}_weights=/path/to/model_final.pth)."
+        )
+    local = PathManager.get_local_path(path)
+    if not os.path.isfile(local):
+        raise FileNotFoundError(
+            f"{role} weights not found: {path}. Train the {role} first (tools/train_net.py with "
+            f"its own config) or point model.{role}_weights at an existing checkpoint."
+        )
+    checkpointer = DetectionCheckpointer(model)
+    checkpoint = checkpointer._load_file(local)
+    incompatible = checkpointer._load_model(checkpoint)
+    expected = len(model.state_dict())
+    missing, shapes = incompatible.missing_keys, incompatible.incorrect_shapes
+    if missing or shapes:
+        details = [f"{len(missing)} of {expected} parameters/buffers missing"]
+        if missing:
+            details.append(f"e.g. {missing[:5]}")
+        if shapes:
+            details.append(f"{len(shapes)} with mismatched shapes, e.g. {shapes[:3]}")
+        raise RuntimeError(
+            f"{role} weights {path} do not fit the {role} model: " + "; ".join(details)
+            + f". Check that the {role} config matches the checkpoint (depth, classes, FPN)."
+        )
+    if incompatible.unexpected_keys:
+        logger.warning(
+            f"{role} weights {path}: {len(incompatible.unexpected_keys)} keys not used by the "
+            f"{role}, e.g. {incompatible.unexpected_keys[:5]}"
+        )
+    logger.info(f"Loaded all {expected} {role} parameters/buffers from {path}")
+
+
+def copy_matching_weights(source: nn.Module, target: nn.Module, skip_prefix: str) -> int:
+    """Copies tensors whose names and shapes match, except those under ``skip_prefix``.
+    Returns how many were copied (FGD's ``init_student``: start from the teacher's neck/head)."""
+    target_state = target.state_dict()
+    copied = {
+        k: v for k, v in source.state_dict().items()
+        if not k.startswith(skip_prefix) and k in target_state and v.shape == target_state[k].shape
+    }
+    target.load_state_dict(copied, strict=False)
+    logger.info(f"Initialised {len(copied)} student tensors from the teacher (names and shapes "
+                "matching, bottom-up backbone excluded)")
+    return len(copied)
+
+
+def student_state_dict(mkd_state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The student's own ``state_dict`` from an MKD model's (decoder, losses dropped)."""
+    student = {k[len(STUDENT_PREFIX):]: v for k, v in mkd_state.items()
+               if k.startswith(STUDENT_PREFIX)}
+    if not student:
+        raise ValueError(
+            "The checkpoint holds no 'student.*' weights: it is not an MKD training checkpoint"
+        )
+    return student

@@ -1,0 +1,118 @@
+import pytest
+import torch
+from detectron2.layers import ShapeSpec
+
+from mkd import FeatureDistiller, FeatureLoss, GcBlock, GlobalLoss, MKDDecoder, PatchMasker
+from mkd.losses import normalize_features
+
+STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
+
+
+def _features(channels, height, width, batch=2, levels=STRIDES):
+    """FPN-like maps of a (height, width) padded batch: sizes as a stride-2 conv chain gives."""
+    out = {}
+    for level, stride in levels.items():
+        out[level] = torch.randn(batch, channels, -(-height // stride), -(-width // stride))
+    return out
+
+
+@pytest.mark.parametrize("one_sequence", [True, False])
+@pytest.mark.parametrize("size", [(96, 160), (64, 64), (224, 96)])
+def test_decoder_output_matches_teacher_shapes_at_every_level(one_sequence, size):
+    student_c, teacher_c = 24, 40
+    shapes = lambda c: {k: ShapeSpec(channels=c, stride=s) for k, s in STRIDES.items()}  # noqa
+    decoder = MKDDecoder(width=32, depth=1, num_heads=4, patch_size=32,
+                         one_sequence=one_sequence).build(shapes(student_c), shapes(teacher_c))
+    student = _features(student_c, *size)
+    mask = PatchMasker(patch_size=32, mask_ratio=0.5)([size] * 2, [0, 1], step=0)
+    out = decoder(student, mask)
+    assert set(out) == set(STRIDES)  # p < 1 levels (P6, P7) included
+    for level, feature in student.items():
+        assert out[level].shape == (2, teacher_c) + feature.shape[-2:], level
+
+
+def test_hidden_cells_are_replaced_by_mask_tokens():
+    shapes = {k: ShapeSpec(channels=8, stride=STRIDES[k]) for k in ("p3", "p4", "p5")}
+    decoder = MKDDecoder(width=16, depth=1, num_heads=2, patch_size=32).build(shapes, shapes)
+    mask = PatchMasker(patch_size=32, mask_ratio=0.5)([(128, 128)], [0], step=0)
+    levels = {k: STRIDES[k] for k in shapes}
+    student = _features(8, 128, 128, batch=1, levels=levels)
+    changed = {}
+    for level, x in student.items():
+        hidden = 1 - mask.at(x.shape[-2], x.shape[-1], STRIDES[level])
+        changed[level] = x + 3 * torch.randn_like(x) * hidden
+    a, b = decoder(student, mask), decoder(changed, mask)
+    for level in a:
+        torch.testing.assert_close(a[level], b[level])
+
+
+def test_decoder_rejects_incompatible_patch_size():
+    shapes = {"p3": ShapeSpec(channels=8, stride=8)}
+    with pytest.raises(ValueError, match="neither divides nor is a multiple"):
+        MKDDecoder(width=16, depth=1, num_heads=2, patch_size=12).build(shapes, shapes)
+
+
+@pytest.mark.parametrize("normalize", ["channel", "layernorm", "none"])
+@pytest.mark.parametrize("positions", ["all", "hidden"])
+def test_feature_loss_is_zero_on_identical_features_and_positive_otherwise(normalize, positions):
+    loss = FeatureLoss(normalize=normalize, positions=positions)
+    feats = _features(16, 64, 64, levels={"p3": 8, "p4": 16})
+    hidden = {k: (torch.rand(2, 1, *v.shape[-2:]) > 0.5).float() for k, v in feats.items()}
+    assert loss(feats, feats, hidden) == 0
+    other = _features(16, 64, 64, levels={"p3": 8, "p4": 16})
+    assert loss(other, feats, hidden) > 0
+
+
+def test_feature_loss_value_and_normalisation():
+    s = {"p3": torch.randn(2, 4, 5, 5)}
+    t = {"p3": torch.randn(2, 4, 5, 5)}
+    expected = (normalize_features(s["p3"]) - normalize_features(t["p3"])).pow(2).mean() / 2
+    torch.testing.assert_close(FeatureLoss()(s, t), expected)
+    # Per-channel standardisation makes the loss blind to the teacher's channel scale/offset.
+    scaled = {"p3": t["p3"] * torch.rand(1, 4, 1, 1).add(0.5) * 10 + 3}
+    torch.testing.assert_close(FeatureLoss()(s, scaled), expected, rtol=1e-4, atol=1e-5)
+    hidden = {"p3": torch.zeros(2, 1, 5, 5)}
+    hidden["p3"][:, :, :2] = 1
+    on_hidden = FeatureLoss(positions="hidden")(s, t, hidden)
+    diff = (normalize_features(s["p3"]) - normalize_features(t["p3"]))[:, :, :2]
+    torch.testing.assert_close(on_hidden, diff.pow(2).mean() / 2)
+
+
+def test_gcblock_starts_as_identity_and_global_loss_learns():
+    block = GcBlock(8)
+    x = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(block(x), x)
+    loss = GlobalLoss().build({"p3": 8})
+    feats = {"p3": x}
+    assert loss(feats, feats) == 0
+    value = loss({"p3": torch.randn(2, 8, 6, 6, requires_grad=True)}, feats)
+    value.backward()
+    assert value > 0
+    assert loss.student_blocks["p3"].transform[-1].weight.grad.abs().sum() > 0
+    assert loss.teacher_blocks["p3"].transform[-1].weight.grad.abs().sum() > 0
+
+
+def test_global_loss_reductions():
+    s, t = {"p3": torch.randn(2, 8, 4, 4)}, {"p3": torch.randn(2, 8, 4, 4)}
+    mean = GlobalLoss(reduction="mean").build({"p3": 8})(s, t)
+    total = GlobalLoss(reduction="sum").build({"p3": 8})(s, t)
+    torch.testing.assert_close(total, mean * 2 * 8 * 4 * 4 * 2 / 2)
+
+
+def test_bad_loss_settings():
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        FeatureLoss(normalize="batch")
+    with pytest.raises(ValueError, match="positions must be one of"):
+        FeatureLoss(positions="visible")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        GlobalLoss(reduction="max")
+    with pytest.raises(ValueError, match="needs the student's patch mask"):
+        FeatureLoss(positions="hidden")({"p3": torch.zeros(1, 1, 2, 2)},
+                                        {"p3": torch.zeros(1, 1, 2, 2)})
+
+
+def test_distiller_without_adapter_rejects_channel_mismatch():
+    student = {"p3": ShapeSpec(channels=64, stride=8)}
+    teacher = {"p3": ShapeSpec(channels=256, stride=8)}
+    with pytest.raises(ValueError, match="channel mismatch at level p3: student 64, teacher 256"):
+        FeatureDistiller().build(student, teacher)

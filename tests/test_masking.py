@@ -1,0 +1,127 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import tiny
+from mkd.masking import MaskedConvolutions, PatchMasker
+
+
+def test_exact_ratio_per_image_and_odd_grid_sizes():
+    masker = PatchMasker(patch_size=32, mask_ratio=0.5)
+    sizes = [(65, 97), (160, 160), (33, 31)]
+    mask = masker(sizes, image_keys=[1, 2, 3], step=0)
+    assert mask.grid.shape == (3, 5, 5)
+    for i, (h, w) in enumerate(sizes):
+        gh, gw = -(-h // 32), -(-w // 32)
+        assert (gh, gw) == [(3, 4), (5, 5), (2, 1)][i]
+        inside = mask.grid[i, :gh, :gw]
+        assert int((inside == 0).sum()) == round(0.5 * gh * gw)
+        assert mask.grid[i].sum() == inside.sum()  # nothing visible outside the image
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.75])
+def test_ratio_is_exact_for_every_image(ratio):
+    mask = PatchMasker(patch_size=16, mask_ratio=ratio)([(128, 96)] * 4, [0, 1, 2, 3], step=5)
+    hidden = (mask.grid == 0).flatten(1).sum(1)
+    assert hidden.tolist() == [round(ratio * 8 * 6)] * 4
+
+
+def test_masks_are_a_function_of_seed_step_and_image():
+    masker = PatchMasker(patch_size=8, mask_ratio=0.5, seed=3)
+    draw = lambda step, keys: masker([(64, 64)] * 2, keys, step).grid  # noqa: E731
+    assert torch.equal(draw(7, [1, 2]), draw(7, [1, 2]))
+    assert not torch.equal(draw(7, [1, 2]), draw(8, [1, 2]))
+    assert not torch.equal(draw(7, [1, 2])[0], draw(7, [1, 2])[1])
+    other_seed = PatchMasker(patch_size=8, mask_ratio=0.5, seed=4)([(64, 64)] * 2, [1, 2], 7)
+    assert not torch.equal(draw(7, [1, 2]), other_seed.grid)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4, 8, 16, 32])
+def test_mask_is_aligned_at_every_stride(stride):
+    mask = PatchMasker(patch_size=32, mask_ratio=0.5)([(128, 160)], [0], step=0)
+    at = mask.at(128 // stride, 160 // stride, stride)
+    k = 32 // stride
+    expected = mask.grid.repeat_interleave(k, dim=1).repeat_interleave(k, dim=2)
+    assert at.shape == (1, 1, 128 // stride, 160 // stride)
+    assert torch.equal(at[:, 0], expected)
+
+
+def test_padding_is_hidden():
+    # Two images padded into one 96 x 128 batch: the smaller one's padding is never visible.
+    mask = PatchMasker(patch_size=32, mask_ratio=0.25)([(96, 128), (40, 70)], [0, 1], step=0)
+    mask.padded_size = (96, 128)
+    full = mask.at(96, 128, 1)
+    assert full[1, 0, 64:, :].sum() == 0 and full[1, 0, :, 96:].sum() == 0
+    assert full[1, 0, :64, :96].sum() > 0
+    feature = torch.zeros(2, 1, 12, 16)  # a stride-8 map of the padded batch
+    assert torch.equal(mask.at_feature(feature), mask.at(12, 16, 8))
+
+
+def test_bad_mask_ratio_and_patch_size():
+    for ratio in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match="mask_ratio must lie in"):
+            PatchMasker(mask_ratio=ratio)
+    with pytest.raises(ValueError, match="patch_size"):
+        PatchMasker(patch_size=0)
+
+
+def _backbone(depth):
+    backbone = tiny.build("retinanet", depth=depth).backbone.eval()
+    return backbone
+
+
+@pytest.mark.parametrize("depth", [18, 50])  # BasicBlock and Bottleneck
+def test_hidden_pixels_change_no_student_feature(depth):
+    backbone = _backbone(depth)
+    masked = MaskedConvolutions(backbone.bottom_up)
+    mask = PatchMasker(patch_size=32, mask_ratio=0.5)([(96, 128)], [0], step=1)
+    image = torch.randn(1, 3, 96, 128)
+    changed = image + 5 * torch.randn_like(image) * (1 - mask.at(96, 128, 1))
+    with torch.no_grad(), masked.active(mask):
+        a, b = backbone(image), backbone(changed)
+    for level in a:
+        assert torch.equal(a[level], b[level]), level
+    with torch.no_grad():  # sanity: the same change is visible without masking
+        assert not torch.allclose(backbone(image)["p3"], backbone(changed)["p3"])
+
+
+class _ExplicitlyMaskedConv(nn.Module):
+    """Reference: zeroes the conv input with the grid upsampled by nearest repetition."""
+
+    def __init__(self, conv, grid, image_height):
+        super().__init__()
+        self.conv, self.grid, self.image_height = conv, grid, image_height
+
+    def forward(self, x):
+        k = 32 // (self.image_height // x.shape[-2])
+        m = self.grid.repeat_interleave(k, 1).repeat_interleave(k, 2).unsqueeze(1)
+        return self.conv(x * m)
+
+
+def _replace_convs(module, grid, image_height):
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d):
+            setattr(module, name, _ExplicitlyMaskedConv(child, grid, image_height))
+        else:
+            _replace_convs(child, grid, image_height)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_masked_features_equal_explicit_reference(depth):
+    backbone = _backbone(depth)
+    reference = copy.deepcopy(backbone.bottom_up)
+    mask = PatchMasker(patch_size=32, mask_ratio=0.5)([(96, 128)] * 2, [0, 1], step=2)
+    _replace_convs(reference, mask.grid, 96)
+    masked = MaskedConvolutions(backbone.bottom_up)
+    image = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        with masked.active(mask):
+            ours = backbone.bottom_up(image)
+        expected = reference(image)
+        plain = backbone.bottom_up(image)
+    for name, feature in expected.items():
+        visible = mask.at_feature(feature).bool().expand_as(feature)
+        torch.testing.assert_close(ours[name][visible], feature[visible], rtol=0, atol=1e-5)
+        assert not torch.allclose(plain[name][visible], feature[visible], atol=1e-3)
