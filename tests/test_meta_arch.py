@@ -272,3 +272,17 @@ def test_builds_from_the_yacs_registry(tmp_path):
     model = build_model(cfg)
     assert isinstance(model, MKD) and model.teacher_loaded
     assert model.levels == ["p3", "p4", "p5", "p6", "p7"]
+
+
+def test_student_weights_need_only_cover_the_bottom_up_network(tmp_path):
+    source = tiny.build("retinanet", 18, 32, seed=7)
+    backbone_only = {k: v for k, v in source.state_dict().items()
+                     if k.startswith("backbone.bottom_up.")}  # like an ImageNet .pkl
+    torch.save({"model": backbone_only}, tmp_path / "imagenet.pth")
+    model = make_mkd(tmp_path, student_weights=str(tmp_path / "imagenet.pth"))
+    stem = "backbone.bottom_up.stem.conv1.weight"
+    assert torch.equal(model.student.state_dict()[stem], backbone_only[stem])
+    del backbone_only[stem]
+    torch.save({"model": backbone_only}, tmp_path / "partial.pth")
+    with pytest.raises(RuntimeError, match=r"1 of \d+ backbone.bottom_up.\* parameters"):
+        make_mkd(tmp_path, student_weights=str(tmp_path / "partial.pth"))

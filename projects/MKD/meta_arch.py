@@ -89,7 +89,8 @@ class MKD(nn.Module):
             teacher_weights: Detectron2 .pkl/.pth, loaded and verified now. ``None`` builds a
                 teacher without weights (evaluation of the student needs none); training then
                 refuses to start until ``load_teacher`` was called.
-            student_weights: optional initial student weights (e.g. ImageNet backbone).
+            student_weights: optional initial student weights, e.g. an ImageNet backbone .pkl;
+                verified to cover the student's whole bottom-up network.
             task_pass: ``"clean"``: task losses from an unmasked pass, distillation from a
                 masked one; ``"masked"``: one masked pass for both (cheaper).
             init_student_from_teacher: copy the teacher's neck and head into the student where
@@ -122,7 +123,7 @@ class MKD(nn.Module):
         if teacher_weights:
             self.load_teacher(teacher_weights)
         if student_weights:
-            load_verified_weights(student, student_weights, role="student")
+            load_verified_weights(student, student_weights, "student", "backbone.bottom_up.")
         if init_student_from_teacher:
             copy_matching_weights(teacher, student, skip_prefix="backbone.bottom_up.")
 

@@ -20,9 +20,12 @@ logger = logging.getLogger(__name__)
 STUDENT_PREFIX = "student."
 
 
-def load_verified_weights(model: nn.Module, path: str, role: str = "teacher") -> None:
+def load_verified_weights(
+    model: nn.Module, path: str, role: str = "teacher", required_prefix: str = ""
+) -> None:
     """Loads a Detectron2 ``.pkl`` (model zoo) or ``.pth`` into ``model``; raises if the file is
-    missing or if any parameter/buffer of ``model`` is left unloaded or gets a wrong shape."""
+    missing, or if any parameter/buffer under ``required_prefix`` is left unloaded, or if any
+    gets a wrong shape. (A student starting from ImageNet requires only its bottom-up net.)"""
     if not path:
         raise ValueError(
             f"No {role} weights configured: set model.{role}_weights to a Detectron2 .pkl/.pth "
@@ -37,10 +40,12 @@ def load_verified_weights(model: nn.Module, path: str, role: str = "teacher") ->
     checkpointer = DetectionCheckpointer(model)
     checkpoint = checkpointer._load_file(local)
     incompatible = checkpointer._load_model(checkpoint)
-    expected = len(model.state_dict())
-    missing, shapes = incompatible.missing_keys, incompatible.incorrect_shapes
+    what = f"{required_prefix}* parameters/buffers" if required_prefix else "parameters/buffers"
+    expected = len([k for k in model.state_dict() if k.startswith(required_prefix)])
+    missing = [k for k in incompatible.missing_keys if k.startswith(required_prefix)]
+    shapes = incompatible.incorrect_shapes
     if missing or shapes:
-        details = [f"{len(missing)} of {expected} parameters/buffers missing"]
+        details = [f"{len(missing)} of {expected} {what} missing"]
         if missing:
             details.append(f"e.g. {missing[:5]}")
         if shapes:
@@ -54,7 +59,7 @@ def load_verified_weights(model: nn.Module, path: str, role: str = "teacher") ->
             f"{role} weights {path}: {len(incompatible.unexpected_keys)} keys not used by the "
             f"{role}, e.g. {incompatible.unexpected_keys[:5]}"
         )
-    logger.info(f"Loaded all {expected} {role} parameters/buffers from {path}")
+    logger.info(f"Loaded all {expected} {role} {what} from {path}")
 
 
 def copy_matching_weights(source: nn.Module, target: nn.Module, skip_prefix: str) -> int:

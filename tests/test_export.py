@@ -1,0 +1,64 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+
+import tiny
+from test_meta_arch import train_step
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs/coco/retinanet_R50_to_R18_mkd_2x.py")
+SMALL = ["model.teacher_weights=null", "model.student_weights=null",
+         "model.distiller.decoder.width=32", "model.distiller.decoder.num_heads=4",
+         "model.student.num_classes=3", "model.teacher.num_classes=3"]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("export_student",
+                                                  ROOT / "tools/export_student.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_exported_student_loads_into_plain_detectron2_with_equal_outputs(tmp_path):
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(CONFIG), SMALL)
+    model = instantiate(cfg.model)
+    torch.save({"model": model.teacher.state_dict()}, tmp_path / "teacher.pth")
+    model.load_teacher(str(tmp_path / "teacher.pth"))
+    train_step(model, tiny.batch(with_masks=False))  # so the student differs from its init
+    DetectionCheckpointer(model, str(tmp_path)).save("mkd")
+
+    _tool().main(["--config-file", CONFIG, "--checkpoint", str(tmp_path / "mkd.pth"),
+                  "--output", str(tmp_path / "student.pth"), *SMALL])
+
+    plain = instantiate(cfg.model.student)  # plain Detectron2: no MKD code involved
+    checkpointer = DetectionCheckpointer(plain)
+    incompatible = checkpointer._load_model(checkpointer._load_file(str(tmp_path / "student.pth")))
+    assert incompatible.missing_keys == [] and incompatible.unexpected_keys == []
+    assert incompatible.incorrect_shapes == []
+    model.eval(), plain.eval()
+    inputs = tiny.batch(with_masks=False)
+    with torch.no_grad():
+        for ours, theirs in zip(model(inputs), plain(inputs)):
+            torch.testing.assert_close(ours["instances"].pred_boxes.tensor,
+                                       theirs["instances"].pred_boxes.tensor, rtol=0, atol=0)
+            torch.testing.assert_close(ours["instances"].scores, theirs["instances"].scores,
+                                       rtol=0, atol=0)
+
+
+def test_export_refuses_a_checkpoint_of_another_student(tmp_path):
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(CONFIG), SMALL)
+    model = instantiate(cfg.model)
+    DetectionCheckpointer(model, str(tmp_path)).save("mkd")
+    with pytest.raises(RuntimeError, match="does not fit cfg.model.student"):
+        _tool().main(["--config-file", CONFIG, "--checkpoint", str(tmp_path / "mkd.pth"),
+                      "--output", str(tmp_path / "student.pth"), *SMALL,
+                      "model.student.backbone.bottom_up.stages.depth=34"])
+    torch.save({"model": model.student.state_dict()}, tmp_path / "plain.pth")
+    with pytest.raises(ValueError, match="not an MKD training checkpoint"):
+        _tool().main(["--config-file", CONFIG, "--checkpoint", str(tmp_path / "plain.pth"),
+                      "--output", str(tmp_path / "student.pth"), *SMALL])
