@@ -2,6 +2,7 @@
 
 Importing the package registers the ``MKD`` meta-architecture and the built-in datasets.
 """
+from . import data  # noqa: F401  (registers mkd_digits_{train,val})
 from .config import add_mkd_config
 from .decoder import MKDDecoder
 from .distillers import DistillContext, FeatureDistiller, MKDDistiller

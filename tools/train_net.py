@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Train or evaluate a detector described by a LazyConfig file, with Detectron2's own machinery.
+
+Detectron2's ``tools/lazyconfig_train_net.py``, plus a clear error for missing datasets (and
+generation of the built-in one) before any data loader is built. Runs on CPU when the config
+says ``train.device="cpu"``. Usage::
+
+    python tools/train_net.py --config-file configs/builtin/retinanet_R18_scratch.py \
+        train.max_iter=100 train.output_dir=./output/r18
+    python tools/train_net.py --config-file ... --resume
+    python tools/train_net.py --config-file ... --eval-only train.init_checkpoint=model_final.pth
+"""
+import logging
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import (
+    AMPTrainer,
+    SimpleTrainer,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+    launch,
+)
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from omegaconf import OmegaConf
+
+from mkd.data import check_datasets_available
+
+logger = logging.getLogger("detectron2")
+
+
+def dataset_names(cfg, splits=("train", "test")):
+    """Names of the datasets read by the given loaders (``dataset.names`` is a str or a list)."""
+    names = []
+    for split in splits:
+        value = OmegaConf.select(cfg, f"dataloader.{split}.dataset.names", default=None)
+        if value is not None:
+            names += [value] if isinstance(value, str) else list(value)
+    return names
+
+
+def do_test(cfg, model):
+    """Evaluate ``model`` as is on ``cfg.dataloader.test``; the one place all evaluation runs.
+
+    Returns:
+        dict: the evaluator's results, e.g. ``{"bbox": {"AP": ..., "AP50": ...}}``; empty if the
+        config has no evaluator.
+    """
+    if not cfg.dataloader.get("evaluator"):
+        return {}
+    check_datasets_available(dataset_names(cfg, ("test",)))
+    ret = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
+    print_csv_format(ret)
+    return ret
+
+
+def do_train(args, cfg):
+    """Train ``cfg.model`` with the hooks of Detectron2's lazyconfig_train_net.py.
+
+    ``args.resume`` restores model, optimizer, LR scheduler and iteration from the last
+    checkpoint in ``cfg.train.output_dir``; otherwise weights come from
+    ``cfg.train.init_checkpoint`` (if set).
+
+    Returns:
+        the trainer, whose ``start_iter``/``iter`` and ``model`` callers may inspect.
+    """
+    check_datasets_available(dataset_names(cfg))
+    model = instantiate(cfg.model)
+    logger.info("Model:\n{}".format(model))
+    model.to(cfg.train.device)
+
+    cfg.optimizer.params.model = model
+    optim = instantiate(cfg.optimizer)
+
+    train_loader = instantiate(cfg.dataloader.train)
+
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
+    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            if comm.is_main_process()
+            else None,
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=cfg.train.log_period,
+            )
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    if args.resume and checkpointer.has_checkpoint():
+        # The checkpoint stores the iteration that just finished: continue with the next one.
+        start_iter = trainer.iter + 1
+    else:
+        start_iter = 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return trainer
+
+
+def setup(args):
+    """Load the config file, apply the command line's ``key=value`` overrides, set up logging."""
+    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        model = create_ddp_model(model)
+        DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+        return do_test(cfg, model)
+    do_train(args, cfg)
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
