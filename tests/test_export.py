@@ -1,27 +1,16 @@
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
 import tiny
+from conftest import REPO, load_tool
 from test_meta_arch import train_step
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs/coco/retinanet_R50_to_R18_mkd_2x.py")
+CONFIG = str(REPO / "configs/coco/retinanet_R50_to_R18_mkd_2x.py")
 SMALL = ["model.teacher_weights=null", "model.student_weights=null",
          "model.distiller.decoder.width=32", "model.distiller.decoder.num_heads=4",
          "model.student.num_classes=3", "model.teacher.num_classes=3"]
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("export_student",
-                                                  ROOT / "tools/export_student.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_exported_student_loads_into_plain_detectron2_with_equal_outputs(tmp_path):
@@ -32,7 +21,7 @@ def test_exported_student_loads_into_plain_detectron2_with_equal_outputs(tmp_pat
     train_step(model, tiny.batch(with_masks=False))  # so the student differs from its init
     DetectionCheckpointer(model, str(tmp_path)).save("mkd")
 
-    _tool().main(["--config-file", CONFIG, "--checkpoint", str(tmp_path / "mkd.pth"),
+    load_tool("export_student").main(["--config-file", CONFIG, "--checkpoint", str(tmp_path / "mkd.pth"),
                   "--output", str(tmp_path / "student.pth"), *SMALL])
 
     plain = instantiate(cfg.model.student)  # plain Detectron2: no MKD code involved
@@ -55,10 +44,10 @@ def test_export_refuses_a_checkpoint_of_another_student(tmp_path):
     model = instantiate(cfg.model)
     DetectionCheckpointer(model, str(tmp_path)).save("mkd")
     with pytest.raises(RuntimeError, match="does not fit cfg.model.student"):
-        _tool().main(["--config-file", CONFIG, "--checkpoint", str(tmp_path / "mkd.pth"),
+        load_tool("export_student").main(["--config-file", CONFIG, "--checkpoint", str(tmp_path / "mkd.pth"),
                       "--output", str(tmp_path / "student.pth"), *SMALL,
                       "model.student.backbone.bottom_up.stages.depth=34"])
     torch.save({"model": model.student.state_dict()}, tmp_path / "plain.pth")
     with pytest.raises(ValueError, match="not an MKD training checkpoint"):
-        _tool().main(["--config-file", CONFIG, "--checkpoint", str(tmp_path / "plain.pth"),
+        load_tool("export_student").main(["--config-file", CONFIG, "--checkpoint", str(tmp_path / "plain.pth"),
                       "--output", str(tmp_path / "student.pth"), *SMALL])

@@ -3,42 +3,17 @@
 Uses the built-in R18 config as is (only command-line overrides), with the built-in dataset
 names re-registered on a few generated images so a run takes seconds.
 """
-import importlib.util
 import json
 import math
 import os
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, train_net
 from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser
 
-import mkd.data
-
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "builtin" / "retinanet_R18_scratch.py"
-
-
-def _load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "tools" / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_net = _load_train_net()
-
-
-@pytest.fixture(scope="module")
-def tiny_digits(tmp_path_factory):
-    """mkd_digits_{train,val} on 8 + 4 generated images; the previous registration is restored."""
-    root = str(tmp_path_factory.mktemp("mkd_digits"))
-    mkd.data.generate_dataset(root, num_train=8, num_val=4, image_size=128, workers=1)
-    previous = MetadataCatalog.get("mkd_digits_train").dataset_root
-    mkd.data.register_builtin(root)
-    yield root
-    mkd.data.register_builtin(previous)
 
 
 def setup(output_dir, *overrides, resume=False, eval_only=False):

@@ -28,6 +28,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from omegaconf import OmegaConf
 
+from mkd import MKD, load_verified_weights
 from mkd.data import check_datasets_available
 
 logger = logging.getLogger("detectron2")
@@ -118,14 +119,26 @@ def setup(args):
     return cfg
 
 
+def build_for_evaluation(cfg):
+    """``cfg.model`` with the weights of ``cfg.train.init_checkpoint``, verified. For an MKD
+    config only the student is needed (and evaluated): the teacher's weights are not loaded."""
+    if OmegaConf.select(cfg, "model.teacher_weights", default=None) is not None:
+        cfg.model.teacher_weights = None
+        cfg.model.student_weights = None
+    model = instantiate(cfg.model)
+    model.to(cfg.train.device)
+    load_verified_weights(
+        model, cfg.train.init_checkpoint, role="evaluated",
+        required_prefix="student." if isinstance(model, MKD) else "",
+        setting="train.init_checkpoint",
+    )
+    return model
+
+
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        model = instantiate(cfg.model)
-        model.to(cfg.train.device)
-        model = create_ddp_model(model)
-        DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
-        return do_test(cfg, model)
+        return do_test(cfg, create_ddp_model(build_for_evaluation(cfg)))
     do_train(args, cfg)
 
 

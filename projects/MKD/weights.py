@@ -21,21 +21,24 @@ STUDENT_PREFIX = "student."
 
 
 def load_verified_weights(
-    model: nn.Module, path: str, role: str = "teacher", required_prefix: str = ""
+    model: nn.Module, path: str, role: str = "teacher", required_prefix: str = "",
+    setting: str = "",
 ) -> None:
     """Loads a Detectron2 ``.pkl`` (model zoo) or ``.pth`` into ``model``; raises if the file is
     missing, or if any parameter/buffer under ``required_prefix`` is left unloaded, or if any
-    gets a wrong shape. (A student starting from ImageNet requires only its bottom-up net.)"""
+    gets a wrong shape. (A student starting from ImageNet requires only its bottom-up net.)
+    ``setting`` names the config key of ``path`` in error messages."""
+    setting = setting or f"model.{role}_weights"
     if not path:
         raise ValueError(
-            f"No {role} weights configured: set model.{role}_weights to a Detectron2 .pkl/.pth "
-            f"(e.g. model.{role}_weights=/path/to/model_final.pth)."
+            f"No {role} weights configured: set {setting} to a Detectron2 .pkl/.pth "
+            f"(e.g. {setting}=/path/to/model_final.pth)."
         )
     local = PathManager.get_local_path(path)
     if not os.path.isfile(local):
         raise FileNotFoundError(
             f"{role} weights not found: {path}. Train the {role} first (tools/train_net.py with "
-            f"its own config) or point model.{role}_weights at an existing checkpoint."
+            f"its own config) or point {setting} at an existing checkpoint."
         )
     checkpointer = DetectionCheckpointer(model)
     checkpoint = checkpointer._load_file(local)

@@ -1,0 +1,32 @@
+"""Shared fixtures: tools/train_net.py as a module, and the built-in dataset on a few images."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+from detectron2.data import MetadataCatalog
+
+import mkd.data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_tool(name):
+    """A script of tools/ as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_net = load_tool("train_net")
+
+
+@pytest.fixture(scope="session")
+def tiny_digits(tmp_path_factory):
+    """mkd_digits_{train,val} on 8 + 4 generated images; the previous registration is restored."""
+    root = str(tmp_path_factory.mktemp("mkd_digits"))
+    mkd.data.generate_dataset(root, num_train=8, num_val=4, image_size=128, workers=1)
+    previous = MetadataCatalog.get("mkd_digits_train").dataset_root
+    mkd.data.register_builtin(root)
+    yield root
+    mkd.data.register_builtin(previous)
