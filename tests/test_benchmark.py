@@ -1,0 +1,57 @@
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# An MKD LazyConfig of tiny detectors (tests/tiny.py): the benchmark runs it in subprocesses,
+# which need a config file, and the model zoo's detectors are too slow for a smoke test.
+TINY_CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+import tiny
+from detectron2 import model_zoo
+from detectron2.config import LazyConfig
+
+model = LazyConfig.load({common!r}).model
+model.teacher = tiny.model_config("retinanet", 34, 32)
+model.student = tiny.model_config("mask_rcnn", 18, 32)
+model.distiller.decoder.update(width=32, num_heads=4, depth=1)
+optimizer = model_zoo.get_config("common/optim.py").SGD
+"""
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "tools/benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_benchmark_reports_every_row(tmp_path):
+    """A RetinaNet teacher and a Mask R-CNN student: both detector families, one run (each run
+    starts three interpreters)."""
+    config = tmp_path / "tiny_mkd.py"
+    config.write_text(TINY_CONFIG.format(tests=str(ROOT / "tests"),
+                                         common=str(ROOT / "configs/common/mkd.py")))
+    tool = _tool()
+    out = tmp_path / "bench.json"
+    results = tool.main(["--config-file", str(config), "--smoke", "--device", "cpu",
+                         "--threads", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == results
+    rows = results["rows"]
+    assert set(rows) == set(tool.ROWS)
+    for row in rows.values():
+        for key in ("ms", "peak_mb", "peak_abs_mb"):
+            assert math.isfinite(row[key]) and row[key] > 0, (row, key)
+    parts = rows["mkd"]["breakdown"]
+    assert set(tool.BREAKDOWN) <= set(parts)
+    measured = ("student_task", "mask_draw", "backbone_masked", "backbone_clean", "teacher_forward",
+                "decoder", "losses", "second_pass", "optimizer_step")
+    for key in measured:
+        assert math.isfinite(parts[key]) and parts[key] > 0, key
+    # Differences of measurements: finite, but noise may push them below zero.
+    assert math.isfinite(parts["masking"]) and math.isfinite(parts["rest"])
+    ratios = results["ratios"]
+    assert all(math.isfinite(v) and v > 0 for v in ratios.values())
