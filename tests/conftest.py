@@ -1,5 +1,6 @@
 """Shared fixtures: tools/train_net.py as a module, and the built-in dataset on a few images."""
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_tool(name):
-    """A script of tools/ as a module (tools/ is not a package)."""
+    """A script of tools/ as a module (tools/ is not a package; as for a script run from the
+    command line, its directory is on ``sys.path`` for its imports)."""
+    if str(REPO / "tools") not in sys.path:
+        sys.path.insert(0, str(REPO / "tools"))
     spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,0 +1,11 @@
+"""Feature mimicking (FitNets-style: 1x1 adapter + normalised MSE) on the MKD pair's machinery:
+the same teacher, student, data and schedule as ``retinanet_R50_to_R18_mkd.py``, no masking."""
+from detectron2.config import LazyCall as L
+
+from mkd.baselines import MimicDistiller
+
+from .retinanet_R50_to_R18_mkd import dataloader, lr_multiplier, model, optimizer, train
+
+model.masker = None
+model.distiller = L(MimicDistiller)(weight=1.0, normalize="channel")
+train.output_dir = "./output/retinanet_R50_to_R18_mimic"

@@ -1,0 +1,147 @@
+"""Training runs for the demo and the distillation benchmark: each run is ``tools/train_net.py``
+in a subprocess (clean logging, bounded threads, runs side by side), read back from the
+``metrics.json`` that Detectron2's writers leave in its output directory."""
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
+
+from detectron2.config import LazyConfig
+from omegaconf import OmegaConf
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TOOLS)
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def config_path(name: str) -> str:
+    return os.path.join(REPO, "configs", "builtin", f"{name}.py")
+
+
+def config_hash(config_file: str, overrides: Sequence[str]) -> str:
+    """A digest of everything a run's result depends on (not where it is written)."""
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(overrides))
+    cfg.train.output_dir = ""
+    content = repr(OmegaConf.to_container(cfg, resolve=False))
+    return hashlib.sha256(content.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Run:
+    name: str
+    config_file: str
+    output_dir: str
+    overrides: List[str] = field(default_factory=list)
+
+    @property
+    def command(self) -> List[str]:
+        return [sys.executable, os.path.join(TOOLS, "train_net.py"), "--config-file",
+                self.config_file, f"train.output_dir={self.output_dir}", *self.overrides]
+
+    @property
+    def finished(self) -> bool:
+        return os.path.isfile(os.path.join(self.output_dir, "model_final.pth")) and bool(
+            self.evaluations())
+
+    def evaluations(self) -> List[Dict]:
+        """Every COCO evaluation of the run: ``{"iteration": i, "AP": ..., ...}``."""
+        return [
+            {"iteration": m["iteration"], **{k: m[f"bbox/{k}"] for k in METRICS}}
+            for m in _read_metrics(self.output_dir) if "bbox/AP" in m
+        ]
+
+    def seconds_per_iter(self) -> float:
+        """Median of Detectron2's per-iteration ``time`` over the run's logged windows."""
+        times = sorted(m["time"] for m in _read_metrics(self.output_dir) if "time" in m)
+        return times[len(times) // 2] if times else math.nan
+
+
+def _read_metrics(output_dir: str) -> List[Dict]:
+    path = os.path.join(output_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def launch(runs: Sequence[Run], jobs: int = 1, threads: int = 1, prefix: str = "") -> None:
+    """Trains ``runs``, ``jobs`` at a time, each with ``threads`` CPU threads; prints a progress
+    line per start and end, and raises with the log's tail if a run fails."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    pending, active = list(runs), []
+    while pending or active:
+        while pending and len(active) < jobs:
+            run = pending.pop(0)
+            os.makedirs(run.output_dir, exist_ok=True)
+            log = open(os.path.join(run.output_dir, "train.log"), "w")
+            print(f"{prefix}started {run.name} -> {run.output_dir}", flush=True)
+            process = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            active.append((run, process, log, time.time()))
+        time.sleep(2)
+        for entry in list(active):
+            run, process, log, start = entry
+            if process.poll() is None:
+                continue
+            active.remove(entry)
+            log.close()
+            if process.returncode != 0:
+                for _, other, _, _ in active:
+                    other.kill()
+                with open(log.name) as f:
+                    tail = "".join(f.readlines()[-30:])
+                raise RuntimeError(f"{run.name} failed (exit {process.returncode}); "
+                                   f"log {log.name}:\n{tail}")
+            print(f"{prefix}finished {run.name} in {time.time() - start:.0f} s", flush=True)
+
+
+def format_table(rows: Sequence[Dict], columns: Sequence[str]) -> str:
+    """A Markdown table; floats with two decimals."""
+    def cell(value):
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot_curves(curves: Dict[str, List[Dict]], path: str, title: str) -> None:
+    """AP against iteration, one line per run, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, evaluations in curves.items():
+        ax.plot([e["iteration"] + 1 for e in evaluations], [e["AP"] for e in evaluations],
+                marker="o", label=name)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("box AP (COCO, %)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def teacher_run(output_root: str, overrides: Sequence[str] = ()) -> Run:
+    """The demo's and the benchmark's teacher, RetinaNet R50 from scratch, in a directory named
+    by its config hash: a finished run there is a valid cache for the same config."""
+    config_file = config_path("retinanet_R50_scratch")
+    digest = config_hash(config_file, overrides)
+    return Run("teacher R50", config_file, os.path.join(output_root, f"teacher-{digest}"),
+               list(overrides))
+
+
+def schedule(max_iter: int, evaluations: int = 3) -> List[str]:
+    """Overrides for a run of ``max_iter`` iterations evaluated ``evaluations`` times (the LR
+    schedule of the built-in configs stretches with ``max_iter``)."""
+    period = max(1, max_iter // evaluations)
+    return [f"train.max_iter={max_iter}", f"train.eval_period={period}",
+            f"train.checkpointer.period={max_iter}", f"train.log_period={min(20, period)}"]
