@@ -43,8 +43,10 @@ def test_smoke_benchmark_reports_every_row(tmp_path):
     rows = results["rows"]
     assert set(rows) == set(tool.ROWS)
     for row in rows.values():
-        for key in ("ms", "peak_mb", "peak_abs_mb"):
+        for key in ("ms", "peak_abs_mb"):
             assert math.isfinite(row[key]) and row[key] > 0, (row, key)
+        # A tiny model may stay below the imports' own RSS peak: the increase can be zero.
+        assert math.isfinite(row["peak_mb"]) and row["peak_mb"] >= 0, row
     parts = rows["mkd"]["breakdown"]
     assert set(tool.BREAKDOWN) <= set(parts)
     measured = ("student_task", "mask_draw", "backbone_masked", "backbone_clean", "teacher_forward",

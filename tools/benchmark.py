@@ -238,16 +238,15 @@ def breakdown_pieces(model, batch):
     so backward runs through the piece and stops at its input."""
     student, distiller = model.student, model.distiller
     images = student.preprocess_image(batch).tensor
-    mask = model._draw_masks(batch)
+    mask = model.draw_masks(batch)
 
     def backbone(masked):
-        with model._masking(mask if masked else None):
-            features = student.backbone(images)
+        features = model.masked_student_features(images, mask if masked else None)
         sum(features[k].sum() for k in model.levels).backward()
 
-    with model._masking(mask), torch.no_grad():
-        features = student.backbone(images)
-        teacher = model.teacher.backbone(model._teacher_images(batch, images))
+    with torch.no_grad():
+        features = model.masked_student_features(images, mask)
+        teacher = model.teacher_features(batch, images)
         features = {k: features[k].requires_grad_() for k in model.levels}
         teacher = {k: teacher[k] for k in model.levels}
         recon = {k: v.requires_grad_() for k, v in distiller.decoder(features, mask).items()}
@@ -266,16 +265,12 @@ def breakdown_pieces(model, batch):
             total = total + distiller.global_weight * distiller.global_loss(recon, teacher)
         total.backward()
 
-    @torch.no_grad()
-    def teacher_in_mkd():
-        model.teacher.backbone(model._teacher_images(batch, images))
-
     pieces = {
         "student_task": lambda: sum(student(batch).values()).backward(),
-        "mask_draw": lambda: model._draw_masks(batch),
+        "mask_draw": lambda: model.draw_masks(batch),
         "backbone_masked": lambda: backbone(True),
         "backbone_clean": lambda: backbone(False),
-        "teacher_forward": teacher_in_mkd,
+        "teacher_forward": lambda: model.teacher_features(batch, images),
         "decoder": decoder,
         "losses": losses,
     }

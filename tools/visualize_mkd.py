@@ -38,7 +38,7 @@ from omegaconf import OmegaConf
 
 import mkd
 from mkd import MKDDistiller, load_verified_weights, normalize_features
-from mkd.meta_arch import _image_key
+from mkd.meta_arch import image_key
 
 
 @dataclass
@@ -123,17 +123,16 @@ def compute_panels(before: mkd.MKD, after: mkd.MKD, batched_input: Dict) -> Imag
     mask (``after.masker`` at step 0); both models share the preprocessing of one config."""
     image = batched_input["image"]
     height, width = image.shape[-2:]
-    mask = after.masker([(height, width)], [_image_key(batched_input, 0)], step=0)
+    mask = after.masker([(height, width)], [image_key(batched_input, 0)], step=0)
     masked = (image.float() * mask.at(height, width, 1)[0]).permute(1, 2, 0).numpy() / 255.0
     if after.student.input_format == "BGR":
         masked = masked[:, :, ::-1]
     images = after.student.preprocess_image([batched_input])
-    teacher = after.teacher.backbone(after._teacher_images([batched_input], images.tensor))
+    teacher = after.teacher_features([batched_input], images.tensor)
     mode = after.distiller.feature_loss.normalize
     reconstructed = {}
     for name, model in (("before", before), ("after", after)):
-        with model._masked_convs.active(mask):  # its hook sets mask.padded_size
-            features = model.student.backbone(images.tensor)
+        features = model.masked_student_features(images.tensor, mask)
         decoded = model.distiller.decoder({k: features[k] for k in model.levels}, mask)
         reconstructed[name] = {k: normalize_features(v, mode) for k, v in decoded.items()}
     strides = after.student.backbone.output_shape()

@@ -14,7 +14,7 @@ from .distillers import DistillContext, FeatureDistiller
 from .masking import MaskedConvolutions, PatchMasker
 from .weights import copy_matching_weights, load_verified_weights
 
-__all__ = ["MKD"]
+__all__ = ["MKD", "image_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -187,16 +187,15 @@ class MKD(nn.Module):
                 "MKD is training with a teacher that has no weights: set model.teacher_weights "
                 "(a Detectron2 .pkl/.pth of the teacher config) or call load_teacher(path)"
             )
-        mask = self._draw_masks(batched_inputs) if self.masker is not None else None
+        mask = self.draw_masks(batched_inputs) if self.masker is not None else None
         single_pass = self.task_pass == "masked" or mask is None
         with self._recorder.record() as record, self._masking(mask if single_pass else None):
             losses = self.student(batched_inputs)
         images, student_features = record.images, record.features
         if not single_pass:
-            with self._masking(mask), _frozen_norm_statistics(self.student.backbone):
-                student_features = self.student.backbone(images)
-        with torch.no_grad():
-            teacher_features = self.teacher.backbone(self._teacher_images(batched_inputs, images))
+            with _frozen_norm_statistics(self.student.backbone):
+                student_features = self.masked_student_features(images, mask)
+        teacher_features = self.teacher_features(batched_inputs, images)
         for k in self.levels:
             if student_features[k].shape[-2:] != teacher_features[k].shape[-2:]:
                 raise ValueError(
@@ -220,8 +219,19 @@ class MKD(nn.Module):
     def _masking(self, mask):
         return self._masked_convs.active(mask) if mask is not None else contextlib.nullcontext()
 
-    def _draw_masks(self, batched_inputs):
-        keys = [_image_key(x, i) for i, x in enumerate(batched_inputs)]
+    def masked_student_features(self, images: torch.Tensor, mask) -> Dict[str, torch.Tensor]:
+        """The student's FPN features of a normalised, padded batch with ``mask`` applied."""
+        with self._masking(mask):
+            return self.student.backbone(images)
+
+    @torch.no_grad()
+    def teacher_features(self, batched_inputs: List[Dict], student_images: torch.Tensor):
+        """The teacher's FPN features of the batch the student saw (as ``student_images``)."""
+        return self.teacher.backbone(self._teacher_images(batched_inputs, student_images))
+
+    def draw_masks(self, batched_inputs):
+        """This step's patch masks for the batch; advances the step."""
+        keys = [image_key(x, i) for i, x in enumerate(batched_inputs)]
         sizes = [tuple(x["image"].shape[-2:]) for x in batched_inputs]
         mask = self.masker(sizes, keys, int(self.mask_step), device=self.device)
         self.mask_step += 1
@@ -239,7 +249,9 @@ class MKD(nn.Module):
         return student_images if same else t.preprocess_image(batched_inputs).tensor
 
 
-def _image_key(batched_input: Dict, index: int) -> int:
+def image_key(batched_input: Dict, index: int) -> int:
+    """The integer a mask draw is keyed by: the dataset's image id (hashed if not an int), else
+    the position in the batch."""
     image_id = batched_input.get("image_id", index)
     if isinstance(image_id, int):
         return image_id
