@@ -92,6 +92,22 @@ def test_gcblock_starts_as_identity_and_global_loss_learns():
     assert loss.teacher_blocks["p3"].transform[-1].weight.grad.abs().sum() > 0
 
 
+def test_global_loss_refuses_per_channel_standardisation_which_would_cancel_it():
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        GlobalLoss(normalize="channel")
+    # Why: the GcBlock's transform adds a constant per channel, and standardised maps have zero
+    # mean per channel, so the transform's last layer gets exactly zero gradient.
+    loss = GlobalLoss(normalize="none").build({"p3": 8})
+    s = {"p3": normalize_features(torch.randn(2, 8, 6, 6))}
+    t = {"p3": normalize_features(torch.randn(2, 8, 6, 6))}
+    loss(s, t).backward()
+    last = loss.student_blocks["p3"].transform[-1]
+    assert last.weight.grad.abs().max() < 1e-6 and last.bias.grad.abs().max() < 1e-6
+    raw = GlobalLoss(normalize="none").build({"p3": 8})
+    raw({"p3": torch.randn(2, 8, 6, 6)}, {"p3": torch.randn(2, 8, 6, 6) + 1}).backward()
+    assert raw.student_blocks["p3"].transform[-1].bias.grad.abs().sum() > 0
+
+
 def test_global_loss_reductions():
     s, t = {"p3": torch.randn(2, 8, 4, 4)}, {"p3": torch.randn(2, 8, 4, 4)}
     mean = GlobalLoss(reduction="mean").build({"p3": 8})(s, t)

@@ -24,7 +24,8 @@ model = L(MKD)(
             one_sequence=True,
         ),
         feature_loss=L(FeatureLoss)(normalize="channel", positions="all"),
-        global_loss=L(GlobalLoss)(normalize="${..feature_loss.normalize}", reduction="mean"),
+        # On raw features, as FGD: per-channel standardisation would cancel the GcBlock.
+        global_loss=L(GlobalLoss)(normalize="none", reduction="mean"),
         feature_weight=1.0,  # lambda
         global_weight=1.0,  # gamma
     ),

@@ -38,6 +38,7 @@ def add_mkd_config(cfg: CN) -> CN:
     m.POSITIONS = "all"
     m.FEATURE_WEIGHT = 1.0
     m.GLOBAL_WEIGHT = 1.0  # 0 disables the global loss
+    m.GLOBAL_NORMALIZE = "none"
     m.GLOBAL_REDUCTION = "mean"
     return cfg
 
@@ -59,7 +60,7 @@ def mkd_kwargs_from_yacs(cfg: CN) -> dict:
                                num_heads=m.DECODER_HEADS, patch_size=m.PATCH_SIZE,
                                one_sequence=m.ONE_SEQUENCE),
             feature_loss=FeatureLoss(normalize=m.NORMALIZE, positions=m.POSITIONS),
-            global_loss=(GlobalLoss(normalize=m.NORMALIZE, reduction=m.GLOBAL_REDUCTION)
+            global_loss=(GlobalLoss(normalize=m.GLOBAL_NORMALIZE, reduction=m.GLOBAL_REDUCTION)
                          if m.GLOBAL_WEIGHT > 0 else None),
             feature_weight=m.FEATURE_WEIGHT,
             global_weight=m.GLOBAL_WEIGHT,

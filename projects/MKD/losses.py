@@ -102,12 +102,14 @@ class GlobalLoss(nn.Module):
 
     ``reduction="sum"`` is FGD's (summed, divided by the batch size; its weights are tiny);
     ``"mean"`` divides by ``2 C H W`` like ``FeatureLoss`` so that weights do not depend on the
-    image size.
+    image size. Per-channel standardisation is refused: a GcBlock adds one value per channel,
+    standardised maps have zero mean per channel, so its transform would get no gradient and the
+    loss would stay equal to ``FeatureLoss``.
     """
 
-    def __init__(self, normalize: str = "channel", reduction: str = "mean"):
+    def __init__(self, normalize: str = "none", reduction: str = "mean"):
         super().__init__()
-        _check_choice("normalize", normalize, NORMALIZATIONS)
+        _check_choice("normalize", normalize, ("layernorm", "none"))
         _check_choice("reduction", reduction, ("mean", "sum"))
         self.normalize = normalize
         self.reduction = reduction
