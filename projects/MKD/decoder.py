@@ -69,7 +69,6 @@ class MKDDecoder(nn.Module):
         self.mask_tokens = nn.ParameterDict()
         self.levels: List[str] = []
         self._scale: Dict[str, float] = {}  # p per level
-        self._out_channels: Dict[str, int] = {}
 
     def build(self, student_shapes: Dict[str, ShapeSpec], teacher_shapes: Dict[str, ShapeSpec]):
         """Creates the per-level layers for the distilled levels (the keys of both dicts)."""
@@ -93,7 +92,6 @@ class MKDDecoder(nn.Module):
             nn.init.normal_(self.mask_tokens[level], std=0.02)
             self.levels.append(level)
             self._scale[level] = p
-            self._out_channels[level] = c_out
         self.level_embed = nn.Parameter(torch.zeros(len(self.levels), self.width))
         nn.init.normal_(self.level_embed, std=0.02)
         return self
