@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from detectron2.data import MetadataCatalog
+from detectron2.engine import default_argument_parser
 
 import mkd.data
 
@@ -23,6 +24,17 @@ def load_tool(name):
 
 
 train_net = load_tool("train_net")
+
+#: Overrides that make any built-in config train for 3 quick iterations.
+QUICK = ["train.max_iter=3", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0"]
+
+
+def train_net_setup(config, output_dir, overrides, resume=False, eval_only=False):
+    """(args, cfg) as tools/train_net.py builds them from its command line."""
+    argv = ["--config-file", str(config)] + ["--resume"] * resume + ["--eval-only"] * eval_only
+    argv += [f"train.output_dir={output_dir}", *QUICK, *overrides]
+    args = default_argument_parser().parse_args(argv)
+    return args, train_net.setup(args)
 
 
 @pytest.fixture(scope="session")

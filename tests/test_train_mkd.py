@@ -4,9 +4,8 @@ import math
 
 import pytest
 import torch
-from conftest import REPO, train_net
+from conftest import REPO, train_net, train_net_setup
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import default_argument_parser
 
 from mkd import PatchMasker
 
@@ -23,20 +22,13 @@ def teacher_weights(tmp_path_factory):
 
 
 def setup(output_dir, teacher, *overrides, resume=False, eval_only=False):
-    argv = ["--config-file", str(CONFIG)] + ["--resume"] * resume + ["--eval-only"] * eval_only
-    argv += [
-        f"train.output_dir={output_dir}",
+    base = [
         f"model.teacher_weights={teacher}",
-        "train.max_iter=3",
         "dataloader.train.total_batch_size=8",  # every tiny-dataset image in every batch
-        "dataloader.train.num_workers=0",
-        "dataloader.test.num_workers=0",
         "model.student.test_score_thresh=0.0",
         "model.distiller.decoder.width=32",
-        *overrides,
     ]
-    args = default_argument_parser().parse_args(argv)
-    return args, train_net.setup(args)
+    return train_net_setup(CONFIG, output_dir, base + list(overrides), resume, eval_only)
 
 
 @pytest.mark.slow

@@ -9,29 +9,16 @@ import os
 
 import pytest
 import torch
-from conftest import REPO, train_net
+from conftest import REPO, train_net, train_net_setup
 from detectron2.data import MetadataCatalog
-from detectron2.engine import default_argument_parser
 
 CONFIG = REPO / "configs" / "builtin" / "retinanet_R18_scratch.py"
 
 
 def setup(output_dir, *overrides, resume=False, eval_only=False):
-    """(args, cfg) as tools/train_net.py builds them from its command line."""
-    argv = ["--config-file", str(CONFIG)]
-    argv += ["--resume"] * resume + ["--eval-only"] * eval_only
-    argv += [
-        f"train.output_dir={output_dir}",
-        "train.max_iter=3",
-        "dataloader.train.total_batch_size=2",
-        "dataloader.train.num_workers=0",
-        "dataloader.test.num_workers=0",
-        # A 3-iteration model scores below the default 0.05; keep its boxes so AP is defined.
-        "model.test_score_thresh=0.0",
-        *overrides,
-    ]
-    args = default_argument_parser().parse_args(argv)
-    return args, train_net.setup(args)
+    # A 3-iteration model scores below the default 0.05; keep its boxes so AP is defined.
+    base = ["dataloader.train.total_batch_size=2", "model.test_score_thresh=0.0"]
+    return train_net_setup(CONFIG, output_dir, base + list(overrides), resume, eval_only)
 
 
 @pytest.mark.slow

@@ -33,9 +33,14 @@ class _BackboneRecorder:
     def record(self):
         self.recording, self.images, self.features = True, None, None
         try:
-            yield self
+            yield
         finally:
             self.recording = False
+
+    def take(self):
+        """The recorded batch and features, released so they do not outlive the step."""
+        images, features, self.images, self.features = self.images, self.features, None, None
+        return images, features
 
     def _record(self, module, inputs, output):
         if self.recording:
@@ -189,9 +194,9 @@ class MKD(nn.Module):
             )
         mask = self.draw_masks(batched_inputs) if self.masker is not None else None
         single_pass = self.task_pass == "masked" or mask is None
-        with self._recorder.record() as record, self._masking(mask if single_pass else None):
+        with self._recorder.record(), self._masking(mask if single_pass else None):
             losses = self.student(batched_inputs)
-        images, student_features = record.images, record.features
+        images, student_features = self._recorder.take()
         if not single_pass:
             with _frozen_norm_statistics(self.student.backbone):
                 student_features = self.masked_student_features(images, mask)
