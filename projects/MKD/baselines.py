@@ -119,6 +119,8 @@ class FGDDistiller(_AlignedDistiller):
     term is summed over positions and channels, divided by the batch size, summed over levels.
     """
 
+    uses_ground_truth = True
+
     def __init__(
         self,
         temperature: float = 0.5,

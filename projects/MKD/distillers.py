@@ -36,6 +36,8 @@ class FeatureDistiller(nn.Module):
     masks_student_input = False
     #: True when student and teacher channels may differ (the distiller has an adapter).
     adapts_channels = False
+    #: True when the distiller reads ``context.gt_instances`` (only then are they gathered).
+    uses_ground_truth = False
 
     def build(self, student_shapes: Dict[str, ShapeSpec], teacher_shapes: Dict[str, ShapeSpec]):
         if not self.adapts_channels:

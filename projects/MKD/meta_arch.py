@@ -121,6 +121,11 @@ class MKD(nn.Module):
             {k: teacher.backbone.output_shape()[k] for k in self.levels},
         )
         self._recorder = _BackboneRecorder(student.backbone)
+        self._teacher_shares_input = (
+            teacher.backbone.size_divisibility == student.backbone.size_divisibility
+            and torch.equal(teacher.pixel_mean.cpu(), student.pixel_mean.cpu())
+            and torch.equal(teacher.pixel_std.cpu(), student.pixel_std.cpu())
+        )
         self._masked_convs = MaskedConvolutions(student.backbone.bottom_up) if masker else None
         # Masks are a function of (seed, step, image): the step is saved with the checkpoint.
         self.register_buffer("mask_step", torch.zeros((), dtype=torch.long))
@@ -212,7 +217,8 @@ class MKD(nn.Module):
             image_size=tuple(images.shape[-2:]),
             mask=mask,
             gt_instances=[x["instances"].to(self.device) for x in batched_inputs
-                          if "instances" in x] or None,
+                          if "instances" in x] or None
+            if self.distiller.uses_ground_truth else None,
         )
         losses.update(self.distiller(
             {k: student_features[k] for k in self.levels},
@@ -245,13 +251,9 @@ class MKD(nn.Module):
     def _teacher_images(self, batched_inputs, student_images: torch.Tensor) -> torch.Tensor:
         """The student's normalised batch when both normalise and pad alike, else the teacher's
         own preprocessing."""
-        t, s = self.teacher, self.student
-        same = (
-            t.backbone.size_divisibility == s.backbone.size_divisibility
-            and torch.equal(t.pixel_mean, s.pixel_mean)
-            and torch.equal(t.pixel_std, s.pixel_std)
-        )
-        return student_images if same else t.preprocess_image(batched_inputs).tensor
+        if self._teacher_shares_input:
+            return student_images
+        return self.teacher.preprocess_image(batched_inputs).tensor
 
 
 def image_key(batched_input: Dict, index: int) -> int:
