@@ -260,6 +260,20 @@ def test_missing_builtin_dataset_is_generated_on_first_load(registered_at, monke
     assert read_tree(registered_at) == before
 
 
+def test_split_from_another_generator_version_is_regenerated(registered_at, monkeypatch):
+    monkeypatch.setattr(builtin_module, "_DEFAULT_SPLIT_SIZES", {"train": 3, "val": 2})
+    monkeypatch.setattr(builtin_module, "DEFAULT_IMAGE_SIZE", 64)
+    ensure_builtin_dataset(registered_at)
+    json_file = split_paths(registered_at, "val")[0]
+    current = load_json(json_file)
+    assert current["info"]["version"] == builtin_module.GENERATOR_VERSION
+    stale = dict(current, info=dict(current["info"], version=0), annotations=[])
+    with open(json_file, "w") as f:
+        json.dump(stale, f)
+    ensure_builtin_dataset(registered_at)
+    assert load_json(json_file) == current
+
+
 def test_missing_files_error_explains_layout_and_alternative(tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     monkeypatch.chdir(tmp_path)  # Detectron2 registered COCO relative to the cwd by default

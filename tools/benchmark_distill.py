@@ -9,6 +9,10 @@ every distilled run, with ``--tag`` naming them (ablations), e.g.::
     python tools/benchmark_distill.py --seeds 0 1 2 --student-iter 300
     python tools/benchmark_distill.py --methods mkd --tag ratio0.75 model.masker.mask_ratio=0.75
 
+``--probe N`` calibrates instead: it trains each distilled method N iterations against the
+trained teacher and prints its initial distillation and task losses, with the factor on the
+method's loss weights that gives it MKD's initial distillation-to-task ratio.
+
 ``--smoke`` runs every row for a few iterations on a few generated images (for CI).
 """
 import argparse
@@ -34,6 +38,8 @@ SMOKE_OVERRIDES = {
             "model.distiller.lambda_global=1e-9"],
     "mgd": ["model.distiller.alpha=1e-9"],
 }
+TASK_LOSSES = ("loss_cls", "loss_box_reg")
+PROBE_COLUMNS = ["method", "task loss", "distillation loss", "ratio", "factor to MKD's ratio"]
 COLUMNS = ["method", "seeds", "AP", "AP std", "AP50", "AP75", "APs", "APm", "APl",
            "gap closed", "time/iter vs none"]
 
@@ -43,12 +49,18 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--teacher-iter", type=int, default=300)
-    parser.add_argument("--student-iter", type=int, default=300)
+    parser.add_argument("--teacher-iter", type=int, default=900)
+    parser.add_argument("--student-iter", type=int, default=150)
+    parser.add_argument("--teacher-cache", default=None,
+                        help="where trained teachers are kept, shared by the demo and the "
+                             f"benchmark (default {runs.DEFAULT_TEACHER_CACHE}; --smoke: inside "
+                             "--output-dir)")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained side by side")
     parser.add_argument("--output-dir", default="./output/benchmark_distill")
     parser.add_argument("--tag", default="", help="names the extra overrides' variant")
     parser.add_argument("--smoke", action="store_true", help="a few iterations on 8 images")
+    parser.add_argument("--probe", type=int, default=0, metavar="N",
+                        help="only measure each method's initial losses over N iterations")
     parser.add_argument("overrides", nargs="*", help="path.key=value for the distilled runs")
     return parser.parse_args(argv)
 
@@ -102,10 +114,40 @@ def summarize(planned, teacher):
     return rows
 
 
+def probe(args, planned):
+    """A row per distilled method: its task and distillation losses (Detectron2's median over
+    the first ``args.probe`` iterations of the first seed) and the factor on its weights that
+    matches MKD's distillation-to-task ratio, the benchmark's calibration rule."""
+    rows = []
+    for name, seed_runs in planned.items():
+        if name == "none":
+            continue
+        first = seed_runs[0]
+        overrides = first.overrides + [f"train.max_iter={args.probe}", "train.eval_period=0",
+                                       f"train.log_period={args.probe}"]
+        digest = runs.config_hash(first.config_file, overrides)
+        run = runs.Run(f"{name} probe", first.config_file,
+                       os.path.join(args.output_dir, "probe", f"{name}-{digest}"), overrides)
+        if not run.finished:
+            runs.launch([run], threads=max(1, os.cpu_count() or 1), prefix="  ")
+        losses = [m for m in runs.read_metrics(run.output_dir) if "loss_cls" in m][-1]
+        task = sum(losses[k] for k in TASK_LOSSES)
+        distill = sum(v for k, v in losses.items()
+                      if k.startswith("loss_") and k not in TASK_LOSSES)
+        rows.append({"method": name, "task loss": task, "distillation loss": distill,
+                     "ratio": distill / task})
+    reference = next((r["ratio"] for r in rows if r["method"].startswith("mkd")), math.nan)
+    for row in rows:
+        row["factor to MKD's ratio"] = reference / row["ratio"]
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
     args.output_dir = os.path.abspath(args.output_dir)
     extra, student_score = [], []
+    args.teacher_cache = os.path.abspath(args.teacher_cache or (
+        os.path.join(args.output_dir, "teachers") if args.smoke else runs.DEFAULT_TEACHER_CACHE))
     if args.smoke:
         os.environ["MKD_DATASETS"] = os.path.join(args.output_dir, "dataset")
         args.teacher_iter = args.student_iter = SMOKE_ITER
@@ -118,7 +160,7 @@ def main(argv=None):
             generate_dataset(builtin_root(), num_train=8, num_val=4, image_size=128, workers=1)
 
     evaluations = 1 if args.smoke else 3
-    teacher = runs.teacher_run(args.output_dir, runs.schedule(args.teacher_iter, evaluations)
+    teacher = runs.teacher_run(args.teacher_cache, runs.schedule(args.teacher_iter, evaluations)
                                + extra + student_score)
     if teacher.finished:
         print(f"[benchmark] reusing the cached teacher {teacher.output_dir}", flush=True)
@@ -128,6 +170,13 @@ def main(argv=None):
 
     planned = student_runs(args, teacher, runs.schedule(args.student_iter, evaluations) + extra,
                            student_score)
+    if args.probe:
+        rows = probe(args, planned)
+        table = runs.format_table(rows, PROBE_COLUMNS)
+        print(table, flush=True)
+        with open(os.path.join(args.output_dir, "probe.md"), "a") as f:
+            f.write(f"{' '.join(args.overrides)}\n{table}\n\n")
+        return rows
     todo = [r for rs in planned.values() for r in rs if not r.finished]
     print(f"[benchmark] {len(todo)} of {sum(map(len, planned.values()))} student runs to train, "
           f"{args.jobs} at a time (finished runs are reused)", flush=True)

@@ -26,8 +26,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="./demo_output")
-    parser.add_argument("--teacher-iter", type=int, default=300)
+    parser.add_argument("--teacher-iter", type=int, default=900)
     parser.add_argument("--student-iter", type=int, default=150)
+    parser.add_argument("--teacher-cache", default=None,
+                        help="where trained teachers are kept, shared by the demo and the "
+                             f"benchmark (default {runs.DEFAULT_TEACHER_CACHE}; --smoke: inside "
+                             "--output-dir)")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained side by side")
     parser.add_argument("--smoke", action="store_true", help="5 iterations on 8 images")
     return parser.parse_args(argv)
@@ -52,6 +56,8 @@ def main(argv=None):
     from mkd.data import builtin_root, ensure_builtin_dataset, generate_dataset
 
     extra, detector, mkd = [], [], []
+    args.teacher_cache = os.path.abspath(args.teacher_cache or (
+        os.path.join(out, "teachers") if args.smoke else runs.DEFAULT_TEACHER_CACHE))
     if args.smoke:
         os.environ["MKD_DATASETS"] = os.path.join(out, "dataset")
         args.teacher_iter = args.student_iter = 5  # Detectron2 times iterations after the 3rd
@@ -67,8 +73,8 @@ def main(argv=None):
         ensure_builtin_dataset()
 
     evaluations = 1 if args.smoke else 3
-    teacher = runs.teacher_run(out, runs.schedule(args.teacher_iter, evaluations) + extra
-                               + detector)
+    teacher = runs.teacher_run(args.teacher_cache,
+                               runs.schedule(args.teacher_iter, evaluations) + extra + detector)
     if teacher.finished:
         stage(3, f"teacher: reusing the cached {teacher.output_dir} (config hash matches)")
     else:

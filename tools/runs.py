@@ -14,6 +14,8 @@ from typing import Dict, List, Sequence
 from detectron2.config import LazyConfig
 from omegaconf import OmegaConf
 
+from mkd.data.synthetic import GENERATOR_VERSION
+
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TOOLS)
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -27,7 +29,8 @@ def config_hash(config_file: str, overrides: Sequence[str]) -> str:
     """A digest of everything a run's result depends on (not where it is written)."""
     cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(overrides))
     cfg.train.output_dir = ""
-    content = repr(OmegaConf.to_container(cfg, resolve=False))
+    # The built-in dataset's generator version: a cached run on older data is not a valid cache.
+    content = repr((OmegaConf.to_container(cfg, resolve=False), GENERATOR_VERSION))
     return hashlib.sha256(content.encode()).hexdigest()[:12]
 
 
@@ -52,16 +55,16 @@ class Run:
         """Every COCO evaluation of the run: ``{"iteration": i, "AP": ..., ...}``."""
         return [
             {"iteration": m["iteration"], **{k: m[f"bbox/{k}"] for k in METRICS}}
-            for m in _read_metrics(self.output_dir) if "bbox/AP" in m
+            for m in read_metrics(self.output_dir) if "bbox/AP" in m
         ]
 
     def seconds_per_iter(self) -> float:
         """Median of Detectron2's per-iteration ``time`` over the run's logged windows."""
-        times = sorted(m["time"] for m in _read_metrics(self.output_dir) if "time" in m)
+        times = sorted(m["time"] for m in read_metrics(self.output_dir) if "time" in m)
         return times[len(times) // 2] if times else math.nan
 
 
-def _read_metrics(output_dir: str) -> List[Dict]:
+def read_metrics(output_dir: str) -> List[Dict]:
     path = os.path.join(output_dir, "metrics.json")
     if not os.path.isfile(path):
         return []
@@ -130,12 +133,16 @@ def plot_curves(curves: Dict[str, List[Dict]], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def teacher_run(output_root: str, overrides: Sequence[str] = ()) -> Run:
-    """The demo's and the benchmark's teacher, RetinaNet R50 from scratch, in a directory named
-    by its config hash: a finished run there is a valid cache for the same config."""
+DEFAULT_TEACHER_CACHE = "./output/teachers"
+
+
+def teacher_run(cache_root: str, overrides: Sequence[str] = ()) -> Run:
+    """The demo's and the benchmark's teacher, RetinaNet R50 from scratch, in a directory of
+    ``cache_root`` named by its config hash: a finished run there is a valid cache for the same
+    config, shared by the demo and the benchmark (their default schedules match)."""
     config_file = config_path("retinanet_R50_scratch")
     digest = config_hash(config_file, overrides)
-    return Run("teacher R50", config_file, os.path.join(output_root, f"teacher-{digest}"),
+    return Run("teacher R50", config_file, os.path.join(cache_root, f"teacher-{digest}"),
                list(overrides))
 
 

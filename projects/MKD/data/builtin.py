@@ -4,6 +4,7 @@ The built-in dataset is generated on first use, so configs that train on it work
 machine without downloads. Datasets that cannot be generated (COCO) get a clear error up front
 instead of a crash deep inside the data loader.
 """
+import json
 import logging
 import os
 import time
@@ -17,6 +18,7 @@ from .synthetic import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_NUM_TRAIN,
     DEFAULT_NUM_VAL,
+    GENERATOR_VERSION,
     check_writable,
     generate_split,
     split_paths,
@@ -107,7 +109,20 @@ def check_datasets_available(names):
 
 
 def _split_exists(json_file, image_root):
-    return os.path.isfile(json_file) and os.path.isdir(image_root)
+    """True when the split is on disk and was written by this generator version."""
+    if not (os.path.isfile(json_file) and os.path.isdir(image_root)):
+        return False
+    with open(json_file) as f:
+        version = json.load(f).get("info", {}).get("version")
+    if version != GENERATOR_VERSION:
+        logger.warning(
+            "%s was written by generator version %s, this is version %s: regenerating it",
+            json_file,
+            version,
+            GENERATOR_VERSION,
+        )
+        return False
+    return True
 
 
 def _builtin_loader(name, root, json_file, image_root):

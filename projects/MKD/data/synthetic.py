@@ -1,8 +1,10 @@
 """Deterministic generator of the built-in COCO-format instance dataset ("MKD digits").
 
-Every image is a crop of one of the photographs shipped inside scikit-image, with 1-8 of the
-8x8 handwritten digits shipped inside scikit-learn pasted on top (smoothly upsampled, recoloured,
-rotated, occluding each other) plus unlabelled clutter. Nothing is downloaded, so the dataset can
+Every image is a crop of one of the photographs shipped inside scikit-image (often out of focus,
+its contrast flattened), with 1-6 of the 8x8 handwritten digits shipped inside scikit-learn
+pasted on top (smoothly upsampled, recoloured, rotated, partly occluding each other) plus up to
+three unlabelled distractors. Version 1 (denser, more occluded, camouflaged) was too hard to learn
+in a few hundred iterations from scratch on the CPU: both RetinaNets stayed below 2 AP. Nothing is downloaded, so the dataset can
 be rebuilt anywhere from its seed (byte for byte with the same numpy / Pillow / scikit versions).
 """
 import functools
@@ -23,18 +25,21 @@ DEFAULT_NUM_TRAIN = 1000
 DEFAULT_NUM_VAL = 200
 DEFAULT_IMAGE_SIZE = 256
 MIN_IMAGE_SIZE = 64
-MAX_OBJECTS_PER_IMAGE = 8
-MAX_CLUTTER_PER_IMAGE = 6
-MIN_VISIBLE_FRACTION = 0.4
+MAX_OBJECTS_PER_IMAGE = 6
+MAX_CLUTTER_PER_IMAGE = 3
+MIN_VISIBLE_FRACTION = 0.6
 JPEG_QUALITY = 90
+# Bumped whenever the rendering changes: a split on disk written by another version is stale
+# and regenerated, and cached runs trained on it are not reused.
+GENERATOR_VERSION = 2
 
 # (probability, min, max) mask area in pixels at image_size 256 for COCO's small / medium / large
 # buckets. An object draws a bucket, then a log-uniform area inside it. Large objects are drawn
 # more often because they fail placement and lose area to occluders more often; this way each
 # bucket ends up with roughly a third of the annotated instances.
-_SIZE_BUCKETS_AT_256 = ((0.3, 40.0, 32.0**2), (0.25, 32.0**2, 96.0**2), (0.45, 1.3 * 96.0**2, 3e4))
+_SIZE_BUCKETS_AT_256 = ((0.3, 200.0, 32.0**2), (0.3, 32.0**2, 96.0**2), (0.4, 1.3 * 96.0**2, 2e4))
 # Placement keeps every instance below this visible, leaving margin above MIN_VISIBLE_FRACTION.
-_PLACEMENT_VISIBLE_FRACTION = 0.55
+_PLACEMENT_VISIBLE_FRACTION = 0.8
 _PLACEMENT_TRIES = 8
 # Share of scikit-learn's 1797 digits (13 writers, stored roughly writer by writer) used for
 # training; val takes the rest so it is scored on handwriting the model has not seen.
@@ -141,6 +146,7 @@ def generate_split(root, split, num_images, image_size=DEFAULT_IMAGE_SIZE, seed=
             "description": "MKD digits: scikit-learn digits on scikit-image photographs",
             "split": split,
             "seed": seed,
+            "version": GENERATOR_VERSION,
         },
         "licenses": [],
         "images": images,
@@ -289,6 +295,13 @@ def _background(rng, size):
         image = 0.5 * (image + _photo_crop(rng, size, size))
     if rng.random() < 0.2:
         image = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2)
+    if rng.random() < 0.7:  # out of focus, as behind a subject
+        blurred = Image.fromarray((image * 255).astype(np.uint8))
+        blurred = blurred.filter(ImageFilter.GaussianBlur(rng.uniform(1.5, 4.0) * size / 256))
+        image = np.asarray(blurred, dtype=np.float32) / 255.0
+    # Flatten the photo's contrast so it textures the scene without hiding the digits.
+    mean = image.mean(axis=(0, 1), keepdims=True)
+    image = mean + (image - mean) * np.float32(rng.uniform(0.3, 0.7))
     gain = (rng.uniform(0.6, 1.3, size=3) * rng.uniform(0.7, 1.2)).astype(np.float32)
     offset = np.float32(rng.uniform(-0.15, 0.15))
     return np.clip(image * gain + offset, 0.0, 1.0)
@@ -298,7 +311,7 @@ def _foreground(rng, height, width, backdrop, mask):
     """Colour for a layer (solid or photo-textured) that differs in luminance from what it
     covers by a random margin, so objects are visible but contrast itself is not a giveaway."""
     backdrop_luma = float(backdrop[mask].mean())
-    min_contrast = rng.uniform(0.12, 0.35)
+    min_contrast = rng.uniform(0.3, 0.5)
     for _ in range(10):
         colour = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
         if abs(float(colour.mean()) - backdrop_luma) >= min_contrast:
@@ -338,7 +351,7 @@ def _digit_layer(rng, digit, category_id, image_size):
     target_area *= (image_size / 256.0) ** 2
     aspect = rng.uniform(0.65, 1.0)
     angle = rng.uniform(-20.0, 20.0)
-    threshold = rng.uniform(0.35, 0.6)
+    threshold = rng.uniform(0.45, 0.65)
     reference = _digit_matte(digit, 40, 40 * aspect, angle, threshold)
     if reference is None:
         return None
@@ -349,7 +362,7 @@ def _digit_layer(rng, digit, category_id, image_size):
 
 def _clutter_layer(rng, image_size):
     """Unlabelled distractor: digit-like strokes or arcs, a blob, or a patch of another photo."""
-    side = int(np.exp(rng.uniform(np.log(10), np.log(0.45 * image_size))))
+    side = int(np.exp(rng.uniform(np.log(10), np.log(0.3 * image_size))))
     canvas = Image.new("L", (side, side), 0)
     draw = ImageDraw.Draw(canvas)
     kind = rng.integers(4)
@@ -398,7 +411,7 @@ def _render_image(rng, image_size, digits, labels):
         layers.append(_digit_layer(rng, digits[sample], int(labels[sample]) + 1, image_size))
     layers += [
         _clutter_layer(rng, image_size)
-        for _ in range(rng.integers(1, MAX_CLUTTER_PER_IMAGE + 1))
+        for _ in range(rng.integers(0, MAX_CLUTTER_PER_IMAGE + 1))
     ]
     layers = [layer for layer in layers if layer is not None]
     # Stack roughly from large to small, as in cluttered photos: big things mostly sit behind,
