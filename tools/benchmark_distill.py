@@ -49,13 +49,7 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--teacher-iter", type=int, default=900)
-    parser.add_argument("--student-iter", type=int, default=150)
-    parser.add_argument("--teacher-cache", default=None,
-                        help="where trained teachers are kept, shared by the demo and the "
-                             f"benchmark (default {runs.DEFAULT_TEACHER_CACHE}; --smoke: inside "
-                             "--output-dir)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs trained side by side")
+    runs.add_schedule_arguments(parser)
     parser.add_argument("--output-dir", default="./output/benchmark_distill")
     parser.add_argument("--tag", default="", help="names the extra overrides' variant")
     parser.add_argument("--smoke", action="store_true", help="a few iterations on 8 images")

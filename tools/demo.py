@@ -26,13 +26,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="./demo_output")
-    parser.add_argument("--teacher-iter", type=int, default=900)
-    parser.add_argument("--student-iter", type=int, default=150)
-    parser.add_argument("--teacher-cache", default=None,
-                        help="where trained teachers are kept, shared by the demo and the "
-                             f"benchmark (default {runs.DEFAULT_TEACHER_CACHE}; --smoke: inside "
-                             "--output-dir)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs trained side by side")
+    runs.add_schedule_arguments(parser)
     parser.add_argument("--smoke", action="store_true", help="5 iterations on 8 images")
     return parser.parse_args(argv)
 

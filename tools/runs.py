@@ -136,6 +136,17 @@ def plot_curves(curves: Dict[str, List[Dict]], path: str, title: str) -> None:
 DEFAULT_TEACHER_CACHE = "./output/teachers"
 
 
+def add_schedule_arguments(parser) -> None:
+    """The demo's and the benchmark's shared options: equal defaults share the cached teacher."""
+    parser.add_argument("--teacher-iter", type=int, default=900)
+    parser.add_argument("--student-iter", type=int, default=150)
+    parser.add_argument("--teacher-cache", default=None,
+                        help="where trained teachers are kept, shared by the demo and the "
+                             f"benchmark (default {DEFAULT_TEACHER_CACHE}; --smoke: inside "
+                             "--output-dir)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained side by side")
+
+
 def teacher_run(cache_root: str, overrides: Sequence[str] = ()) -> Run:
     """The demo's and the benchmark's teacher, RetinaNet R50 from scratch, in a directory of
     ``cache_root`` named by its config hash: a finished run there is a valid cache for the same
