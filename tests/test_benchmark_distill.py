@@ -1,7 +1,25 @@
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 from conftest import load_tool
+
+
+def test_config_hash_is_stable_across_processes_and_follows_the_config():
+    """Cached teachers are found by this hash in later runs: it must not depend on the process
+    (a function's repr holds its address) but must change with any override."""
+    runs = load_tool("runs")
+    config = runs.config_path("retinanet_R50_scratch")
+    here = runs.config_hash(config, ["train.max_iter=7"])
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import runs; "
+              "print(runs.config_hash(runs.config_path('retinanet_R50_scratch'), "
+              "['train.max_iter=7']))")
+    other = subprocess.run([sys.executable, "-c", script, os.path.dirname(runs.__file__)],
+                           capture_output=True, text=True, check=True).stdout.split()[-1]
+    assert other == here
+    assert runs.config_hash(config, ["train.max_iter=8"]) != here
 
 
 @pytest.mark.slow

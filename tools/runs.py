@@ -29,9 +29,15 @@ def config_hash(config_file: str, overrides: Sequence[str]) -> str:
     """A digest of everything a run's result depends on (not where it is written)."""
     cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(overrides))
     cfg.train.output_dir = ""
+    # Targets by name, not repr: a function's repr holds its address, which changes per process.
     # The built-in dataset's generator version: a cached run on older data is not a valid cache.
-    content = repr((OmegaConf.to_container(cfg, resolve=False), GENERATOR_VERSION))
+    content = json.dumps([OmegaConf.to_container(cfg, resolve=False), GENERATOR_VERSION],
+                         sort_keys=True, default=_qualified_name)
     return hashlib.sha256(content.encode()).hexdigest()[:12]
+
+
+def _qualified_name(obj) -> str:
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
 @dataclass
