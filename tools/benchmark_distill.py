@@ -9,9 +9,9 @@ every distilled run, with ``--tag`` naming them (ablations), e.g.::
     python tools/benchmark_distill.py --seeds 0 1 2 --student-iter 300
     python tools/benchmark_distill.py --methods mkd --tag ratio0.75 model.masker.mask_ratio=0.75
 
-``--probe N`` calibrates instead: it trains each distilled method N iterations against the
-trained teacher and prints its initial distillation and task losses, with the factor on the
-method's loss weights that gives it MKD's initial distillation-to-task ratio.
+``--probe N`` calibrates instead: it prints each distilled method's distillation and task losses
+at initialisation (trained teacher, N batches, no update), with the factor on the method's loss
+weights that gives it MKD's initial distillation-to-task ratio.
 
 ``--smoke`` runs every row for a few iterations on a few generated images (for CI).
 """
@@ -54,7 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--tag", default="", help="names the extra overrides' variant")
     parser.add_argument("--smoke", action="store_true", help="a few iterations on 8 images")
     parser.add_argument("--probe", type=int, default=0, metavar="N",
-                        help="only measure each method's initial losses over N iterations")
+                        help="only measure each method's initial losses over N batches")
     parser.add_argument("overrides", nargs="*", help="path.key=value for the distilled runs")
     return parser.parse_args(argv)
 
@@ -108,28 +108,41 @@ def summarize(planned, teacher):
     return rows
 
 
+def initial_losses(config_file, overrides, batches):
+    """A config's training losses at initialisation (teacher loaded, no update), averaged over
+    the first ``batches`` training batches; every config sees the same batches."""
+    import torch
+    from detectron2.config import LazyConfig, instantiate
+    from detectron2.utils.env import seed_all_rng
+    from detectron2.utils.events import EventStorage
+
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file),
+                                     list(overrides) + ["dataloader.train.num_workers=0"])
+    seed_all_rng(0)
+    model = instantiate(cfg.model).to(cfg.train.device).train()
+    loader = iter(instantiate(cfg.dataloader.train))
+    totals = {}
+    with torch.no_grad(), EventStorage():
+        for _ in range(batches):
+            for key, value in model(next(loader)).items():
+                totals[key] = totals.get(key, 0.0) + float(value) / batches
+    return totals
+
+
 def probe(args, planned):
-    """A row per distilled method: its task and distillation losses (Detectron2's median over
-    the first ``args.probe`` iterations of the first seed) and the factor on its weights that
-    matches MKD's distillation-to-task ratio, the benchmark's calibration rule."""
+    """A row per distilled method: its task and distillation losses at initialisation and the
+    factor on its weights that gives it MKD's distillation-to-task ratio (the benchmark's
+    calibration rule: every method starts with the same pull towards the teacher)."""
     rows = []
     for name, seed_runs in planned.items():
         if name == "none":
             continue
-        first = seed_runs[0]
-        overrides = first.overrides + [f"train.max_iter={args.probe}", "train.eval_period=0",
-                                       f"train.log_period={args.probe}"]
-        digest = runs.config_hash(first.config_file, overrides)
-        run = runs.Run(f"{name} probe", first.config_file,
-                       os.path.join(args.output_dir, "probe", f"{name}-{digest}"), overrides)
-        if not run.finished:
-            runs.launch([run], threads=max(1, os.cpu_count() or 1), prefix="  ")
-        losses = [m for m in runs.read_metrics(run.output_dir) if "loss_cls" in m][-1]
+        losses = initial_losses(seed_runs[0].config_file, seed_runs[0].overrides, args.probe)
         task = sum(losses[k] for k in TASK_LOSSES)
-        distill = sum(v for k, v in losses.items()
-                      if k.startswith("loss_") and k not in TASK_LOSSES)
+        distill = sum(v for k, v in losses.items() if k not in TASK_LOSSES)
         rows.append({"method": name, "task loss": task, "distillation loss": distill,
                      "ratio": distill / task})
+        print(f"  {name}: {losses}", flush=True)
     reference = next((r["ratio"] for r in rows if r["method"].startswith("mkd")), math.nan)
     for row in rows:
         row["factor to MKD's ratio"] = reference / row["ratio"]

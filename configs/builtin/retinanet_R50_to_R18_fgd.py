@@ -1,9 +1,11 @@
 """FGD (focal + global distillation) on the MKD pair's machinery.
 
-FGD's RetinaNet weights (alpha 1e-3, beta 5e-4, gamma 5e-4, lambda 5e-6) multiply *summed*
-losses, which grow with the number of feature positions: COCO's 800x1333 inputs have about 40x
-the positions of this dataset's 160x160, so the weights are scaled by 40 to keep FGD's balance
-against the task loss.
+FGD's published RetinaNet weights (alpha 1e-3, beta 5e-4, gamma 5e-4, lambda 5e-6) keep their
+balance and share one factor, calibrated like every method of the benchmark: at initialisation
+(trained teacher, same batches) the distillation losses are 4.3x the task loss, MKD's ratio at
+its spec defaults (``tools/benchmark_distill.py --probe 4``). At the published scale FGD's terms
+start ~480x the task loss on this dataset (raw features: the trained teacher's P6/P7 are large)
+and training diverges to NaN within 4 iterations.
 """
 from detectron2.config import LazyCall as L
 
@@ -12,8 +14,9 @@ from mkd.baselines import FGDDistiller
 from .retinanet_R50_to_R18_mkd import dataloader, lr_multiplier, model, optimizer, train
 
 model.masker = None
+SCALE = 0.36  # on the published weights
 model.distiller = L(FGDDistiller)(
-    temperature=0.5, alpha_fg=40 * 1e-3, beta_bg=40 * 5e-4, gamma_attention=40 * 5e-4,
-    lambda_global=40 * 5e-6,
+    temperature=0.5, alpha_fg=SCALE * 1e-3, beta_bg=SCALE * 5e-4, gamma_attention=SCALE * 5e-4,
+    lambda_global=SCALE * 5e-6,
 )
 train.output_dir = "./output/retinanet_R50_to_R18_fgd"
