@@ -36,6 +36,7 @@ def test_benchmark_smoke_has_every_row_with_finite_numbers(tmp_path):
         assert all(math.isfinite(row[k]) for k in keys), row
     assert by_method["none"]["time/iter vs none"] == 1.0
     assert "| mkd |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "ap_vs_iteration.png").stat().st_size > 0
 
 
 @pytest.mark.slow

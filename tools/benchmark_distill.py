@@ -149,6 +149,19 @@ def probe(args, planned):
     return rows
 
 
+def mean_curves(planned):
+    """AP against iteration per method, averaged over its seeds (they share evaluation points)."""
+    curves = {}
+    for name, seed_runs in planned.items():
+        per_seed = [r.evaluations() for r in seed_runs]
+        curves[f"{name} (mean of {len(per_seed)})"] = [
+            {"iteration": points[0]["iteration"],
+             "AP": statistics.mean(p["AP"] for p in points)}
+            for points in zip(*per_seed)
+        ]
+    return curves
+
+
 def main(argv=None):
     args = parse_args(argv)
     args.output_dir = os.path.abspath(args.output_dir)
@@ -196,6 +209,9 @@ def main(argv=None):
         f.write(table + "\n")
     with open(os.path.join(args.output_dir, f"results{tag}.json"), "w") as f:
         json.dump({"rows": rows, "args": vars(args)}, f, indent=1)
+    figure = os.path.join(args.output_dir, f"ap_vs_iteration{tag}.png")
+    runs.plot_curves(mean_curves(planned), figure,
+                     f"students, {args.student_iter} iterations: box AP (mean over seeds)")
     print(table, flush=True)
     return rows
 
