@@ -61,16 +61,16 @@ class Run:
         """Every COCO evaluation of the run: ``{"iteration": i, "AP": ..., ...}``."""
         return [
             {"iteration": m["iteration"], **{k: m[f"bbox/{k}"] for k in METRICS}}
-            for m in read_metrics(self.output_dir) if "bbox/AP" in m
+            for m in _read_metrics(self.output_dir) if "bbox/AP" in m
         ]
 
     def seconds_per_iter(self) -> float:
         """Median of Detectron2's per-iteration ``time`` over the run's logged windows."""
-        times = sorted(m["time"] for m in read_metrics(self.output_dir) if "time" in m)
+        times = sorted(m["time"] for m in _read_metrics(self.output_dir) if "time" in m)
         return times[len(times) // 2] if times else math.nan
 
 
-def read_metrics(output_dir: str) -> List[Dict]:
+def _read_metrics(output_dir: str) -> List[Dict]:
     path = os.path.join(output_dir, "metrics.json")
     if not os.path.isfile(path):
         return []
