@@ -166,8 +166,7 @@ def main(argv=None):
     args = parse_args(argv)
     args.output_dir = os.path.abspath(args.output_dir)
     extra, student_score = [], []
-    args.teacher_cache = os.path.abspath(args.teacher_cache or (
-        os.path.join(args.output_dir, "teachers") if args.smoke else runs.DEFAULT_TEACHER_CACHE))
+    args.teacher_cache = runs.teacher_cache(args, args.output_dir)
     if args.smoke:
         os.environ["MKD_DATASETS"] = os.path.join(args.output_dir, "dataset")
         args.teacher_iter = args.student_iter = SMOKE_ITER

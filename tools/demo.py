@@ -50,8 +50,7 @@ def main(argv=None):
     from mkd.data import builtin_root, ensure_builtin_dataset, generate_dataset
 
     extra, detector, mkd = [], [], []
-    args.teacher_cache = os.path.abspath(args.teacher_cache or (
-        os.path.join(out, "teachers") if args.smoke else runs.DEFAULT_TEACHER_CACHE))
+    args.teacher_cache = runs.teacher_cache(args, out)
     if args.smoke:
         os.environ["MKD_DATASETS"] = os.path.join(out, "dataset")
         args.teacher_iter = args.student_iter = 5  # Detectron2 times iterations after the 3rd

@@ -153,6 +153,12 @@ def add_schedule_arguments(parser) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs trained side by side")
 
 
+def teacher_cache(args, output_dir: str) -> str:
+    """``--teacher-cache`` resolved: smoke runs keep their throw-away teachers in ``output_dir``."""
+    default = os.path.join(output_dir, "teachers") if args.smoke else DEFAULT_TEACHER_CACHE
+    return os.path.abspath(args.teacher_cache or default)
+
+
 def teacher_run(cache_root: str, overrides: Sequence[str] = ()) -> Run:
     """The demo's and the benchmark's teacher, RetinaNet R50 from scratch, in a directory of
     ``cache_root`` named by its config hash: a finished run there is a valid cache for the same

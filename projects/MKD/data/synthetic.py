@@ -4,8 +4,9 @@ Every image is a crop of one of the photographs shipped inside scikit-image (oft
 its contrast flattened), with 1-6 of the 8x8 handwritten digits shipped inside scikit-learn
 pasted on top (smoothly upsampled, recoloured, rotated, partly occluding each other) plus up to
 three unlabelled distractors. Version 1 (denser, more occluded, camouflaged) was too hard to learn
-in a few hundred iterations from scratch on the CPU: both RetinaNets stayed below 2 AP. Nothing is downloaded, so the dataset can
-be rebuilt anywhere from its seed (byte for byte with the same numpy / Pillow / scikit versions).
+in a few hundred iterations from scratch on the CPU: both RetinaNets stayed below 2 AP. Nothing
+is downloaded, so the dataset can be rebuilt anywhere from its seed (byte for byte with the same
+numpy / Pillow / scikit versions).
 """
 import functools
 import json
