@@ -53,3 +53,26 @@ def test_probe_reports_initial_losses_and_the_factor_to_mkds_ratio(tmp_path):
         assert matched == pytest.approx(by_method["mkd"]["ratio"])
     assert by_method["mkd"]["factor to MKD's ratio"] == pytest.approx(1.0)
     assert "| mimic |" in (tmp_path / "probe.md").read_text()
+
+
+def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_defaults(tmp_path):
+    """Every ablation is MKD with exactly its overrides added; none and MKD at the defaults are
+    the same runs (same directories, so cached) as the benchmark's own rows."""
+    bench = load_tool("benchmark_distill")
+    runs = load_tool("runs")
+    teacher = runs.Run("teacher", "unused", str(tmp_path / "teacher"))
+
+    def plan(argv):
+        args = bench.parse_args(argv + ["--seeds", "0", "1", "--output-dir", str(tmp_path)])
+        return bench.student_runs(args, teacher, runs.schedule(10), [])
+
+    ablations, methods = plan(["--ablations"]), plan(["--methods", "none", "mkd"])
+    assert list(ablations) == ["none", "mkd"] + [f"mkd[{t}]" for t in bench.ABLATIONS]
+    for name in ("none", "mkd"):
+        assert [r.output_dir for r in ablations[name]] == [r.output_dir for r in methods[name]]
+    for tag, extra in bench.ABLATIONS.items():
+        for default, variant in zip(methods["mkd"], ablations[f"mkd[{tag}]"]):
+            assert sorted(variant.overrides) == sorted(default.overrides + extra)
+            assert variant.output_dir != default.output_dir
+            # A folder name Hydra's override grammar accepts in train.output_dir=...
+            assert " " not in variant.output_dir and "[" not in variant.output_dir

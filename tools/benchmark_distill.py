@@ -9,6 +9,9 @@ every distilled run, with ``--tag`` naming them (ablations), e.g.::
     python tools/benchmark_distill.py --seeds 0 1 2 --student-iter 300
     python tools/benchmark_distill.py --methods mkd --tag ratio0.75 model.masker.mask_ratio=0.75
 
+``--ablations`` trains, instead of the methods, MKD's variants of ``ABLATIONS`` (the paper's
+open questions) beside none and MKD at its defaults, and writes ``results_ablations.md``.
+
 ``--probe N`` calibrates instead: it prints each distilled method's distillation and task losses
 at initialisation (trained teacher, N batches, no update), with the factor on the method's loss
 weights that gives it MKD's initial distillation-to-task ratio.
@@ -19,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 
 import runs  # tools/runs.py: this script's directory is on sys.path
@@ -29,6 +33,15 @@ METHODS = {
     "fgd": "retinanet_R50_to_R18_fgd",
     "mgd": "retinanet_R50_to_R18_mgd",
     "mkd": "retinanet_R50_to_R18_mkd",
+}
+#: MKD's open questions: one row each, every other setting at the defaults (configs/common/mkd.py).
+ABLATIONS = {
+    "single masked pass": ["model.task_pass=masked"],
+    "no global loss": ["model.distiller.global_loss=null"],
+    "hidden positions only": ["model.distiller.feature_loss.positions=hidden"],
+    "mask ratio 0.75": ["model.masker.mask_ratio=0.75"],
+    "decoder depth 4": ["model.distiller.decoder.depth=4"],
+    "mask ratio 0.25": ["model.masker.mask_ratio=0.25"],
 }
 SMOKE_ITER = 5  # Detectron2 times iterations after the third
 # A five-iteration teacher has unsettled BN statistics: its raw P6/P7 features reach hundreds,
@@ -49,9 +62,11 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    runs.add_schedule_arguments(parser)
+    runs.add_schedule_arguments(parser, teacher_iter=900, student_iter=150)
     parser.add_argument("--output-dir", default="./output/benchmark_distill")
     parser.add_argument("--tag", default="", help="names the extra overrides' variant")
+    parser.add_argument("--ablations", action="store_true",
+                        help="MKD's variants of ABLATIONS instead of the methods")
     parser.add_argument("--smoke", action="store_true", help="a few iterations on 8 images")
     parser.add_argument("--probe", type=int, default=0, metavar="N",
                         help="only measure each method's initial losses over N batches")
@@ -59,11 +74,20 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def variants(args):
+    """(row name, method, extra overrides) of every row to train."""
+    if args.ablations:
+        return [("none", "none", []), ("mkd", "mkd", list(args.overrides))] + [
+            (f"mkd[{tag}]", "mkd", list(args.overrides) + extra)
+            for tag, extra in ABLATIONS.items()]
+    return [(method + (f"[{args.tag}]" if args.tag and method != "none" else ""), method,
+             [] if method == "none" else list(args.overrides)) for method in args.methods]
+
+
 def student_runs(args, teacher, base_overrides, student_score):
-    """One run per (method, seed): the method's config, its seed, the common schedule."""
+    """One run per (row, seed): the method's config, its seed, the common schedule."""
     planned = {}
-    for method in args.methods:
-        name = method + (f"[{args.tag}]" if args.tag and method != "none" else "")
+    for name, method, extra in variants(args):
         for seed in args.seeds:
             overrides = base_overrides + [f"train.seed={seed}"]
             if method == "none":
@@ -71,14 +95,16 @@ def student_runs(args, teacher, base_overrides, student_score):
             else:
                 overrides += [f"model.teacher_weights={teacher.output_dir}/model_final.pth"]
                 overrides += [s.replace("model.", "model.student.", 1) for s in student_score]
-                overrides += list(args.overrides)
+                overrides += extra
                 if args.smoke:
                     overrides += SMOKE_OVERRIDES.get(method, [])
                 if method == "mkd":
                     overrides.append(f"model.masker.seed={seed}")
             config_file = runs.config_path(METHODS[method])
             digest = runs.config_hash(config_file, overrides)  # a changed config is a new run
-            directory = os.path.join(args.output_dir, name, f"seed{seed}-{digest}")
+            # Hydra's override grammar (train.output_dir=...) reserves brackets and spaces.
+            folder = re.sub(r"[^\w.-]+", "_", name).strip("_")
+            directory = os.path.join(args.output_dir, folder, f"seed{seed}-{digest}")
             planned.setdefault(name, []).append(
                 runs.Run(f"{name} seed {seed}", config_file, directory, overrides))
     return planned
@@ -203,7 +229,7 @@ def main(argv=None):
 
     rows = summarize(planned, teacher)
     table = runs.format_table(rows, COLUMNS)
-    tag = f"_{args.tag}" if args.tag else ""
+    tag = "_ablations" if args.ablations else f"_{args.tag}" if args.tag else ""
     with open(os.path.join(args.output_dir, f"results{tag}.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(args.output_dir, f"results{tag}.json"), "w") as f:

@@ -142,10 +142,10 @@ def plot_curves(curves: Dict[str, List[Dict]], path: str, title: str) -> None:
 DEFAULT_TEACHER_CACHE = "./output/teachers"
 
 
-def add_schedule_arguments(parser) -> None:
-    """The demo's and the benchmark's shared options: equal defaults share the cached teacher."""
-    parser.add_argument("--teacher-iter", type=int, default=900)
-    parser.add_argument("--student-iter", type=int, default=150)
+def add_schedule_arguments(parser, teacher_iter: int, student_iter: int) -> None:
+    """The demo's and the benchmark's shared options."""
+    parser.add_argument("--teacher-iter", type=int, default=teacher_iter)
+    parser.add_argument("--student-iter", type=int, default=student_iter)
     parser.add_argument("--teacher-cache", default=None,
                         help="where trained teachers are kept, shared by the demo and the "
                              f"benchmark (default {DEFAULT_TEACHER_CACHE}; --smoke: inside "
@@ -159,13 +159,13 @@ def teacher_cache(args, output_dir: str) -> str:
     return os.path.abspath(args.teacher_cache or default)
 
 
-def teacher_run(cache_root: str, overrides: Sequence[str] = ()) -> Run:
-    """The demo's and the benchmark's teacher, RetinaNet R50 from scratch, in a directory of
+def teacher_run(cache_root: str, overrides: Sequence[str] = (), depth: int = 50) -> Run:
+    """A RetinaNet teacher from scratch (``retinanet_R{depth}_scratch.py``), in a directory of
     ``cache_root`` named by its config hash: a finished run there is a valid cache for the same
-    config, shared by the demo and the benchmark (their default schedules match)."""
-    config_file = config_path("retinanet_R50_scratch")
+    config and schedule, whichever tool trained it."""
+    config_file = config_path(f"retinanet_R{depth}_scratch")
     digest = config_hash(config_file, overrides)
-    return Run("teacher R50", config_file, os.path.join(cache_root, f"teacher-{digest}"),
+    return Run(f"teacher R{depth}", config_file, os.path.join(cache_root, f"teacher-{digest}"),
                list(overrides))
 
 
