@@ -41,7 +41,6 @@ ABLATIONS = {
     "hidden positions only": ["model.distiller.feature_loss.positions=hidden"],
     "mask ratio 0.75": ["model.masker.mask_ratio=0.75"],
     "decoder depth 4": ["model.distiller.decoder.depth=4"],
-    "mask ratio 0.25": ["model.masker.mask_ratio=0.25"],
 }
 SMOKE_ITER = 5  # Detectron2 times iterations after the third
 # A five-iteration teacher has unsettled BN statistics: its raw P6/P7 features reach hundreds,
