@@ -58,10 +58,16 @@ class Run:
             self.evaluations())
 
     def evaluations(self) -> List[Dict]:
-        """Every COCO evaluation of the run: ``{"iteration": i, "AP": ..., ...}``."""
+        """Every COCO evaluation of the run: ``{"iteration": i, "AP": ..., ...}``, ``i`` the
+        number of iterations trained when it ran."""
+        metrics = _read_metrics(self.output_dir)
+        # Detectron2 stores a periodic evaluation at the index of the step just done, and the
+        # final one (EvalHook.after_train) at max_iter, one past the last step's index.
+        trained = max((m["iteration"] + 1 for m in metrics if "total_loss" in m), default=None)
         return [
-            {"iteration": m["iteration"], **{k: m[f"bbox/{k}"] for k in METRICS}}
-            for m in _read_metrics(self.output_dir) if "bbox/AP" in m
+            {"iteration": m["iteration"] + 1 if trained is None else
+             min(m["iteration"] + 1, trained), **{k: m[f"bbox/{k}"] for k in METRICS}}
+            for m in metrics if "bbox/AP" in m
         ]
 
     def seconds_per_iter(self) -> float:
@@ -127,7 +133,7 @@ def plot_curves(curves: Dict[str, List[Dict]], path: str, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for name, evaluations in curves.items():
-        ax.plot([e["iteration"] + 1 for e in evaluations], [e["AP"] for e in evaluations],
+        ax.plot([e["iteration"] for e in evaluations], [e["AP"] for e in evaluations],
                 marker="o", label=name)
     ax.set_xlabel("iteration")
     ax.set_ylabel("box AP (COCO, %)")
@@ -172,6 +178,7 @@ def teacher_run(cache_root: str, overrides: Sequence[str] = (), depth: int = 50)
 def schedule(max_iter: int, evaluations: int = 3) -> List[str]:
     """Overrides for a run of ``max_iter`` iterations evaluated ``evaluations`` times (the LR
     schedule of the built-in configs stretches with ``max_iter``)."""
-    period = max(1, max_iter // evaluations)
+    # Detectron2 evaluates at multiples of the period below max_iter and once more at the end.
+    period = max(1, math.ceil(max_iter / evaluations))
     return [f"train.max_iter={max_iter}", f"train.eval_period={period}",
             f"train.checkpointer.period={max_iter}", f"train.log_period={min(20, period)}"]
