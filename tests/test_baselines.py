@@ -5,12 +5,14 @@ import torch
 from detectron2.layers import ShapeSpec
 from detectron2.solver import get_default_optimizer_params
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
 from torch import nn
 
 from mkd import DistillContext
 from mkd.baselines import (
     FGDDistiller, MGDDistiller, MimicDistiller, fgd_attention, fgd_foreground_masks, mgd_keep_mask,
 )
+import tiny
 from test_meta_arch import make_mkd, train_step
 
 STRIDES = {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
@@ -203,3 +205,19 @@ def test_one_training_step_with_the_meta_architecture(tmp_path, name):
     optimizer.step()
     for k, v in model.teacher.state_dict().items():
         assert torch.equal(v, teacher_before[k]), k
+
+
+@pytest.mark.parametrize("name", list(DISTILLERS))
+def test_losses_are_fp32_and_finite_under_autocast(tmp_path, name):
+    model = make_mkd(tmp_path, teacher=("retinanet", 18, 32), student=("retinanet", 18, 16),
+                     distiller=DISTILLERS[name][0](), masker=None).train()
+    batch = tiny.batch(sizes=((64, 64),))  # one small image: fp16 convolutions are slow on CPU
+    for dtype in (torch.float16, torch.bfloat16):
+        model.zero_grad()
+        with EventStorage(0), torch.autocast("cpu", dtype=dtype):
+            losses = model(batch)
+        sum(losses.values()).backward()
+        for key in DISTILLERS[name][1]:
+            assert math.isfinite(float(losses[key])), (dtype, key)
+            assert losses[key].dtype == torch.float32, (dtype, key)
+        assert all(torch.isfinite(a.weight.grad).all() for a in model.distiller.align.values())

@@ -1,16 +1,28 @@
+import json
 import math
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import load_tool
+from detectron2.config import LazyConfig
+from detectron2.engine import hooks
+from detectron2.utils.events import EventStorage
+from omegaconf import OmegaConf
+from torch import nn
+
+import tiny
+from mkd import MKD, FeatureLoss, GlobalLoss, MKDDecoder, MKDDistiller, PatchMasker
+
+bench = load_tool("benchmark_distill")
+runs = load_tool("runs")
 
 
 def test_config_hash_is_stable_across_processes_and_follows_the_config():
     """Cached teachers are found by this hash in later runs: it must not depend on the process
     (a function's repr holds its address) but must change with any override."""
-    runs = load_tool("runs")
     config = runs.config_path("retinanet_R50_scratch")
     here = runs.config_hash(config, ["train.max_iter=7"])
     script = ("import sys; sys.path.insert(0, sys.argv[1]); import runs; "
@@ -22,52 +34,129 @@ def test_config_hash_is_stable_across_processes_and_follows_the_config():
     assert runs.config_hash(config, ["train.max_iter=8"]) != here
 
 
-@pytest.mark.slow
-def test_benchmark_smoke_has_every_row_with_finite_numbers(tmp_path):
-    rows = load_tool("benchmark_distill").main(
-        ["--smoke", "--seeds", "0", "1", "--output-dir", str(tmp_path)])
-    by_method = {r["method"]: r for r in rows}
-    assert set(by_method) == {"none", "mimic", "fgd", "mgd", "mkd", "teacher R50"}
-    for name, row in by_method.items():
-        keys = ["AP", "AP50", "AP75"]
-        if name != "teacher R50":
-            assert row["seeds"] == 2
-            keys += ["AP std", "time/iter vs none"]
-        assert all(math.isfinite(row[k]) for k in keys), row
-    assert by_method["none"]["time/iter vs none"] == 1.0
-    assert "| mkd |" in (tmp_path / "results.md").read_text()
-    assert (tmp_path / "ap_vs_iteration.png").stat().st_size > 0
+def test_config_hash_follows_the_generator_version_of_the_dataset_it_reads(monkeypatch):
+    """A run cached on an older version of its dataset is stale; other datasets' versions do
+    not matter to it."""
+    shapes = runs.config_path("student", "shapes")
+    digits = runs.config_path("retinanet_R18_scratch")
+    before = runs.config_hash(shapes, []), runs.config_hash(digits, [])
+    monkeypatch.setattr(runs.GENERATORS["shapes"], "GENERATOR_VERSION", -1)
+    assert runs.config_hash(shapes, []) != before[0]
+    assert runs.config_hash(digits, []) == before[1]
 
 
-@pytest.mark.slow
-def test_probe_reports_initial_losses_and_the_factor_to_mkds_ratio(tmp_path):
-    rows = load_tool("benchmark_distill").main(
-        ["--smoke", "--probe", "3", "--methods", "none", "mimic", "mkd",
-         "--output-dir", str(tmp_path)])
-    by_method = {r["method"]: r for r in rows}
-    assert set(by_method) == {"mimic", "mkd"}  # no distillation, nothing to calibrate
-    for row in rows:
-        assert row["task loss"] > 0 and row["distillation loss"] > 0, row
-        assert row["ratio"] == pytest.approx(row["distillation loss"] / row["task loss"])
-        matched = row["factor to MKD's ratio"] * row["ratio"]
-        assert matched == pytest.approx(by_method["mkd"]["ratio"])
-    assert by_method["mkd"]["factor to MKD's ratio"] == pytest.approx(1.0)
-    assert "| mimic |" in (tmp_path / "probe.md").read_text()
+def test_se_of_difference_and_gap_closed_on_made_up_numbers():
+    # variances 4 and 1 over 3 seeds each: sqrt(4/3 + 1/3)
+    assert bench.se_of_difference([30, 32, 34], [20, 21, 22]) == pytest.approx(math.sqrt(5 / 3))
+    assert bench.se_of_difference([30, 32], [20, 21, 22, 23]) == pytest.approx(
+        math.sqrt(2 / 2 + (5 / 3) / 4))
+    assert math.isnan(bench.se_of_difference([30], [20, 21]))  # one seed has no spread
+    assert bench.gap_closed(27.0, 20.0, 40.0) == pytest.approx(0.35)
+    assert bench.gap_closed(18.0, 20.0, 40.0) == pytest.approx(-0.1)
 
 
-def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_defaults(tmp_path):
-    """Every ablation is MKD with exactly its overrides added; none and MKD at the defaults are
-    the same runs (same directories, so cached) as the benchmark's own rows."""
-    bench = load_tool("benchmark_distill")
-    runs = load_tool("runs")
+def test_verdicts_say_met_or_by_how_much_missed():
+    table = [{"method": "none", "AP": 20.0},
+             {"method": "fgd", "AP": 24.0},
+             {"method": "fgd_recipe", "AP": 26.0},
+             {"method": "mkd", "AP": 25.0, "AP - none": 5.0, "SE of diff": 3.0,
+              "gap closed": 0.25},
+             {"method": "teacher", "AP": 40.0}]
+    lines = bench.verdicts(table)
+    assert lines[0] == "MKD - none >= 2 SE: missed (+5.00 AP, 2 SE = 6.00, short by 1.00 AP)"
+    assert lines[1] == ("MKD >= best of fgd/fgd_recipe: missed (MKD 25.00, fgd_recipe 26.00, "
+                        "-1.00 AP)")
+    assert lines[2] == "MKD closes >= 30% of the gap: missed (25.0%, short by 5.0 points)"
+    table[3].update({"AP": 27.0, "AP - none": 7.0, "gap closed": 0.35})
+    assert [line.split(":")[1].split()[0] for line in bench.verdicts(table)] == ["met"] * 3
+
+
+def test_choose_factors_takes_the_best_mean_and_prefers_x1_on_ties():
+    chosen = bench.choose_factors({"mimic": {0.3: 10.0, 1.0: 11.0, 3.0: 12.0},
+                                   "mkd": {0.3: 13.0, 1.0: 13.0, 3.0: 13.0}})
+    assert chosen == {"mimic": 3.0, "mkd": 1.0}
+
+
+def _fake_run(run, ap, iteration=5):
+    """A finished run as train_net.py leaves it: model_final.pth and metrics.json."""
+    os.makedirs(run.output_dir, exist_ok=True)
+    open(os.path.join(run.output_dir, "model_final.pth"), "w").close()
+    metrics = [{"iteration": iteration - 1, "total_loss": 1.0, "time": 0.5},
+               {"iteration": iteration, **{f"bbox/{k}": ap for k in runs.METRICS}}]
+    with open(os.path.join(run.output_dir, "metrics.json"), "w") as f:
+        f.write("\n".join(json.dumps(m) for m in metrics))
+
+
+def _weight(run, key):
+    return OmegaConf.select(runs.load_config(run.config_file, run.overrides), key)
+
+
+def test_tuning_chooses_on_tuning_seeds_only_and_the_table_uses_its_factors(tmp_path):
+    """--tune then the table, on made-up finished runs (the cache: nothing trains)."""
+    common = ["--output-dir", str(tmp_path), "--teacher-cache", str(tmp_path / "teachers"),
+              "--methods", "none", "mimic", "mkd", "--seeds", "0", "1", "2"]
+    args = bench.parse_args(common)
+    teacher = runs.teacher_run(args.teacher_cache,
+                               config_file=runs.config_path("teacher", "shapes"))
+    _fake_run(teacher, 40.0)
+    grid = bench.student_runs(args, bench.tuning_rows(args), teacher, [], [])
+    assert sorted(grid) == [f"{m} x{f:g}" for m in ("mimic", "mkd") for f in (0.3, 1, 3)]
+    # Made-up AP: mimic is best at x3; MKD at x0.3 by its mean, though x1 has the best seed.
+    made_up = {"mimic x0.3": [20, 20], "mimic x1": [21, 21], "mimic x3": [22, 23],
+               "mkd x0.3": [30, 30], "mkd x1": [50, 5], "mkd x3": [10, 10]}
+    for name, seed_runs in grid.items():
+        assert [o for r in seed_runs for o in r.overrides if o.startswith("train.seed=")] == [
+            "train.seed=100", "train.seed=101"]
+        for run, ap in zip(seed_runs, made_up[name]):
+            _fake_run(run, ap)
+
+    bench.main(common + ["--tune"])
+    tuned = json.loads((tmp_path / bench.TUNING_FILE).read_text())
+    assert tuned["factors"] == {"mimic": 3.0, "mkd": 0.3}
+    assert tuned["tuning_seeds"] == [100, 101]
+
+    factors = bench.load_factors(args, teacher)
+    table = bench.student_runs(args, bench.table_rows(args, factors), teacher, [], [])
+    base = bench.student_runs(args, bench.table_rows(args, {}), teacher, [], [])
+    assert _weight(table["mimic"][0], "model.distiller.weight") == pytest.approx(
+        3 * _weight(base["mimic"][0], "model.distiller.weight"))
+    for key in bench.LOSS_WEIGHTS["mkd"]:
+        assert _weight(table["mkd"][0], key) == pytest.approx(0.3 * _weight(base["mkd"][0], key))
+    for name, seed_runs in table.items():
+        for seed, run in enumerate(seed_runs):
+            _fake_run(run, {"none": 20.0, "mimic": 22.0, "mkd": 30.0}[name] + seed)
+    rows = {r["method"]: r for r in bench.main(common)}
+    assert (rows["mimic"]["weights"], rows["mkd"]["weights"]) == ("x3", "x0.3")
+    assert rows["mkd"]["AP - none"] == pytest.approx(10.0)
+    assert rows["mkd"]["gap closed"] == pytest.approx(10.0 / (40.0 - 21.0))
+    assert "MKD closes >= 30% of the gap: met" in (tmp_path / "results.md").read_text()
+
+    with pytest.raises(SystemExit, match=r"seeds \[100\] chose the weights"):
+        bench.main(common[:-3] + ["100", "1"])
+
+
+def test_table_without_tuning_uses_calibrated_weights_and_warns(tmp_path, capsys):
+    args = bench.parse_args(["--output-dir", str(tmp_path)])
+    assert bench.load_factors(args, runs.Run("teacher", "unused", str(tmp_path / "t"))) == {}
+    assert "WARNING" in capsys.readouterr().out
+
+
+def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_table_mkd(tmp_path):
+    """Every ablation is MKD with exactly its overrides added; none and MKD are the table's runs
+    (same directories, so cached), at the table's tuned MKD weights."""
     teacher = runs.Run("teacher", "unused", str(tmp_path / "teacher"))
 
-    def plan(argv):
+    def plan(argv, rows):
         args = bench.parse_args(argv + ["--seeds", "0", "1", "--output-dir", str(tmp_path)])
-        return bench.student_runs(args, teacher, runs.schedule(10), [])
+        return bench.student_runs(args, rows(args), teacher, runs.schedule(10), [])
 
-    ablations, methods = plan(["--ablations"]), plan(["--methods", "none", "mkd"])
+    factors = {"mkd": 3.0}
+    ablations = plan(["--ablations"], lambda a: bench.ablation_rows(a, factors))
+    methods = plan(["--methods", "none", "mkd"], lambda a: bench.table_rows(a, factors))
     assert list(ablations) == ["none", "mkd"] + [f"mkd[{t}]" for t in bench.ABLATIONS]
+    assert set(bench.ABLATIONS) == {
+        "single-pass-frozen-bn", "no-global-loss", "hidden-positions-only", "mask-ratio-0.3",
+        "mask-ratio-0.75", "decoder-depth-1", "decoder-depth-4"}
     for name in ("none", "mkd"):
         assert [r.output_dir for r in ablations[name]] == [r.output_dir for r in methods[name]]
     for tag, extra in bench.ABLATIONS.items():
@@ -76,3 +165,157 @@ def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_defaults(tm
             assert variant.output_dir != default.output_dir
             # A folder name Hydra's override grammar accepts in train.output_dir=...
             assert " " not in variant.output_dir and "[" not in variant.output_dir
+
+
+def _shapes_config(name):
+    return LazyConfig.load(runs.config_path(name, "shapes"))
+
+
+def test_fgd_recipe_is_fgd_with_the_published_weights_and_the_student_from_the_teacher():
+    recipe, fgd = _shapes_config("fgd_recipe"), _shapes_config("fgd")
+    published = dict(temperature=0.5, alpha_fg=1e-3, beta_bg=5e-4, gamma_attention=5e-4,
+                     lambda_global=5e-6)
+    assert {k: recipe.model.distiller[k] for k in published} == published
+    assert recipe.model.init_student_from_teacher is True
+    assert fgd.model.init_student_from_teacher is False
+    assert fgd.model.distiller.temperature == 0.5
+    scale = fgd.model.distiller.alpha_fg / 1e-3  # the calibrated row keeps the published balance
+    for key in ("beta_bg", "gamma_attention", "lambda_global"):
+        assert fgd.model.distiller[key] == pytest.approx(scale * published[key])
+
+
+def test_every_distilled_shapes_config_is_one_machinery_on_the_student_schedule():
+    """mimic, FGD, MGD and MKD differ only in their distiller (and masker): same teacher,
+    student, data, optimizer and schedule as the undistilled student."""
+    student = _shapes_config("student")
+    reference = None
+    for name in ("mkd", "mimic", "fgd", "fgd_recipe", "mgd"):
+        cfg = _shapes_config(name)
+        assert cfg.model.student == student.model
+        assert cfg.model.teacher == _shapes_config("teacher").model
+        for part in ("dataloader", "optimizer", "lr_multiplier"):
+            assert OmegaConf.to_yaml(cfg[part]) == OmegaConf.to_yaml(student[part]), (name, part)
+        train = OmegaConf.to_container(cfg.train)
+        assert train.pop("output_dir") == f"./output/shapes/{name}"
+        del cfg.model.distiller, cfg.model.masker, cfg.model.init_student_from_teacher
+        reference = reference or cfg.model
+        assert cfg.model == reference, name
+        assert train == {k: v for k, v in OmegaConf.to_container(student.train).items()
+                         if k != "output_dir"}, name
+
+
+def _tiny_mkd(tmp_path, **kwargs):
+    teacher = tiny.build("retinanet", 34, 32, seed=0)
+    torch.save({"model": teacher.state_dict()}, tmp_path / "teacher.pth")
+    distiller = MKDDistiller(decoder=MKDDecoder(width=32, depth=1, num_heads=4, patch_size=32),
+                             feature_loss=FeatureLoss(), global_loss=GlobalLoss())
+    return MKD(student=tiny.build("retinanet", 18, 32, seed=1), teacher=teacher,
+               teacher_weights=str(tmp_path / "teacher.pth"), distiller=distiller,
+               masker=PatchMasker(patch_size=32, mask_ratio=0.5), **kwargs).train()
+
+
+def _tiny_single_pass_mkd(tmp_path, freeze):
+    return _tiny_mkd(tmp_path, task_pass="masked", freeze_norm_statistics=freeze)
+
+
+def _norm_statistics(module):
+    return [t.clone() for m in module.modules() if isinstance(m, nn.BatchNorm2d)
+            for t in (m.running_mean, m.running_var)]
+
+
+def _stem_input_mean(model, run):
+    """The per-channel mean of what the student's stem BN normalises during ``run()``."""
+    seen = []
+    handle = model.student.backbone.bottom_up.stem.conv1.norm.register_forward_pre_hook(
+        lambda module, inputs: seen.append(inputs[0].detach().mean(dim=(0, 2, 3))))
+    with EventStorage():
+        run()
+    handle.remove()
+    return seen[0]
+
+
+def test_frozen_bn_single_pass_keeps_running_statistics_and_precise_bn_restores_clean_ones(
+        tmp_path):
+    """The masked pass trains with batch statistics but leaves the running ones alone (without
+    the freeze it moves them); Detectron2's PreciseBN on the student then sets them from clean
+    images, not from masked ones."""
+    batch = tiny.batch(with_masks=False)
+    moving = _tiny_single_pass_mkd(tmp_path, freeze=False)
+    before = _norm_statistics(moving.student)
+    with EventStorage():
+        moving(batch)
+    assert any(not torch.equal(a, b) for a, b in zip(before, _norm_statistics(moving.student)))
+
+    model = _tiny_single_pass_mkd(tmp_path, freeze=True)
+    before = _norm_statistics(model.student)
+    masked_mean = _stem_input_mean(model, lambda: model(batch))
+    assert all(torch.equal(a, b) for a, b in zip(before, _norm_statistics(model.student)))
+
+    clean_mean = _stem_input_mean(model, lambda: model.student(batch))
+    assert not torch.allclose(clean_mean, masked_mean, atol=1e-3)  # the masks change the input
+    with EventStorage():
+        hooks.PreciseBN(1, model.student, [batch] * 2, num_iter=2).update_stats()
+    stem = model.student.backbone.bottom_up.stem.conv1.norm
+    assert torch.allclose(stem.running_mean, clean_mean, atol=1e-4)
+    assert all(torch.isfinite(t).all() for t in _norm_statistics(model.student))
+
+
+def test_frozen_bn_is_refused_without_a_single_masked_pass(tmp_path):
+    with pytest.raises(ValueError, match="freeze_norm_statistics is for task_pass='masked'"):
+        _tiny_mkd(tmp_path, task_pass="clean", freeze_norm_statistics=True)
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory):
+    """One cache for the smoke tests: the teacher and the runs they share train once."""
+    return tmp_path_factory.mktemp("benchmark_smoke")
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_has_every_row_with_finite_numbers_and_the_targets(smoke_dir):
+    rows = bench.main(["--smoke", "--seeds", "0", "1", "--methods", "none", "fgd_recipe", "mkd",
+                       "--output-dir", str(smoke_dir)])
+    by_method = {r["method"]: r for r in rows}
+    assert set(by_method) == {"none", "fgd_recipe", "mkd", "teacher"}
+    for name, row in by_method.items():
+        keys = ["AP", "AP50", "AP75"]
+        if name != "teacher":
+            assert row["seeds"] == 2
+            keys += ["AP std", "time/iter vs none"]
+        if name not in ("teacher", "none"):
+            keys += ["AP - none", "SE of diff"]
+        assert all(math.isfinite(row[k]) for k in keys), row
+    assert by_method["none"]["time/iter vs none"] == 1.0
+    text = (smoke_dir / "results.md").read_text()
+    assert "| mkd |" in text and "MKD - none >= 2 SE:" in text
+    assert (smoke_dir / "ap_vs_iteration.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_smoke_ablation_of_the_frozen_bn_single_pass_evaluates_with_clean_statistics(
+        smoke_dir):
+    rows = bench.main(["--smoke", "--seeds", "0", "--ablations", "single-pass-frozen-bn",
+                       "--output-dir", str(smoke_dir)])
+    assert [r["method"] for r in rows] == ["none", "mkd", "mkd[single-pass-frozen-bn]", "teacher"]
+    assert all(math.isfinite(r["AP"]) for r in rows)
+    (run_dir,) = [d for d in (smoke_dir / "mkd").iterdir()
+                  if "freeze_norm_statistics: true" in (d / "config.yaml").read_text()]
+    state = torch.load(run_dir / "model_final.pth", map_location="cpu")["model"]
+    # Frozen through training, the running mean would still be BN's initial zeros.
+    running_mean = state["student.backbone.bottom_up.stem.conv1.norm.running_mean"]
+    assert torch.isfinite(running_mean).all() and running_mean.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_probe_reports_initial_losses_and_the_factor_to_mkds_ratio(smoke_dir):
+    rows = bench.main(["--smoke", "--probe", "3", "--methods", "none", "mimic", "mkd",
+                       "--output-dir", str(smoke_dir)])
+    by_method = {r["method"]: r for r in rows}
+    assert set(by_method) == {"mimic", "mkd"}  # no distillation, nothing to calibrate
+    for row in rows:
+        assert row["task loss"] > 0 and row["distillation loss"] > 0, row
+        assert row["ratio"] == pytest.approx(row["distillation loss"] / row["task loss"])
+        matched = row["factor to MKD's ratio"] * row["ratio"]
+        assert matched == pytest.approx(by_method["mkd"]["ratio"])
+    assert by_method["mkd"]["factor to MKD's ratio"] == pytest.approx(1.0)
+    assert "| mimic |" in (smoke_dir / "probe.md").read_text()

@@ -14,6 +14,7 @@ from pycocotools.coco import COCO
 
 import mkd.data
 from mkd.data import builtin as builtin_module
+from mkd.data import synthetic
 from mkd.data import (
     builtin_root,
     check_datasets_available,
@@ -43,6 +44,13 @@ def read_tree(root):
 def load_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def shrink_default_splits(monkeypatch):
+    """Make the digits generated on first use 3 + 2 images of 64 px."""
+    for name, value in [("DEFAULT_NUM_TRAIN", 3), ("DEFAULT_NUM_VAL", 2),
+                        ("DEFAULT_IMAGE_SIZE", 64)]:
+        monkeypatch.setattr(synthetic, name, value)
 
 
 @pytest.fixture(scope="module")
@@ -208,15 +216,19 @@ def test_cli_reports_output_and_errors(tmp_path, capsys):
 def test_import_registers_without_generating(tmp_path, monkeypatch):
     root = tmp_path / "never_written"
     monkeypatch.setenv("MKD_DATASETS", str(root))
-    previous = MetadataCatalog.get("mkd_digits_train").dataset_root
+    previous = {key: MetadataCatalog.get(f"mkd_{key}_train").dataset_root
+                for key in ("digits", "shapes")}
     try:
         importlib.reload(mkd.data)  # runs the package's import-time registration again
-        assert {"mkd_digits_train", "mkd_digits_val"} <= set(DatasetCatalog.list())
-        json_file = MetadataCatalog.get("mkd_digits_val").json_file
-        assert json_file == os.path.join(root, "annotations", "instances_val.json")
+        for key in previous:
+            assert {f"mkd_{key}_train", f"mkd_{key}_val"} <= set(DatasetCatalog.list())
+            json_file = MetadataCatalog.get(f"mkd_{key}_val").json_file
+            expected = os.path.join(root, f"mkd_{key}", "annotations", "instances_val.json")
+            assert json_file == expected
         assert not root.exists()
     finally:
-        register_builtin(previous)
+        for key, root in previous.items():
+            register_builtin(root, dataset=key)
 
 
 def test_builtin_root_follows_environment(monkeypatch):
@@ -224,7 +236,8 @@ def test_builtin_root_follows_environment(monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", "/data/d2")
     assert builtin_root() == os.path.join("/data/d2", "mkd_digits")
     monkeypatch.setenv("MKD_DATASETS", "/data/mine")
-    assert builtin_root() == "/data/mine"
+    assert builtin_root() == os.path.join("/data/mine", "mkd_digits")
+    assert builtin_root("shapes") == os.path.join("/data/mine", "mkd_shapes")
 
 
 def test_registered_dataset_loads_with_coco_metadata(registered_at):
@@ -242,8 +255,7 @@ def test_registered_dataset_loads_with_coco_metadata(registered_at):
 
 
 def test_missing_builtin_dataset_is_generated_on_first_load(registered_at, monkeypatch, caplog):
-    monkeypatch.setattr(builtin_module, "_DEFAULT_SPLIT_SIZES", {"train": 3, "val": 2})
-    monkeypatch.setattr(builtin_module, "DEFAULT_IMAGE_SIZE", 64)
+    shrink_default_splits(monkeypatch)
     # Attach caplog's handler directly: Detectron2's setup_logger stops "mkd" from propagating.
     builtin_module.logger.addHandler(caplog.handler)
     try:
@@ -261,12 +273,11 @@ def test_missing_builtin_dataset_is_generated_on_first_load(registered_at, monke
 
 
 def test_split_from_another_generator_version_is_regenerated(registered_at, monkeypatch):
-    monkeypatch.setattr(builtin_module, "_DEFAULT_SPLIT_SIZES", {"train": 3, "val": 2})
-    monkeypatch.setattr(builtin_module, "DEFAULT_IMAGE_SIZE", 64)
+    shrink_default_splits(monkeypatch)
     ensure_builtin_dataset(registered_at)
     json_file = split_paths(registered_at, "val")[0]
     current = load_json(json_file)
-    assert current["info"]["version"] == builtin_module.GENERATOR_VERSION
+    assert current["info"]["version"] == synthetic.GENERATOR_VERSION
     stale = dict(current, info=dict(current["info"], version=0), annotations=[])
     with open(json_file, "w") as f:
         json.dump(stale, f)

@@ -1,9 +1,20 @@
+from pathlib import Path
+
 import pytest
 import torch
+from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import ShapeSpec
+from detectron2.utils.events import EventStorage
 
-from mkd import FeatureDistiller, FeatureLoss, GcBlock, GlobalLoss, MKDDecoder, PatchMasker
+import tiny
+from mkd import (
+    DistillContext, FeatureDistiller, FeatureLoss, GcBlock, GlobalLoss, MKDDecoder, MKDDistiller,
+    PatchMasker,
+)
 from mkd.losses import normalize_features
+from test_meta_arch import make_mkd
+
+DEFAULTS = Path(__file__).resolve().parents[1] / "configs" / "common" / "mkd.py"
 
 STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
 
@@ -52,7 +63,7 @@ def test_decoder_rejects_incompatible_patch_size():
         MKDDecoder(width=16, depth=1, num_heads=2, patch_size=12).build(shapes, shapes)
 
 
-@pytest.mark.parametrize("normalize", ["channel", "layernorm", "none"])
+@pytest.mark.parametrize("normalize", ["channel", "layernorm", "image", "none"])
 @pytest.mark.parametrize("positions", ["all", "hidden"])
 def test_feature_loss_is_zero_on_identical_features_and_positive_otherwise(normalize, positions):
     loss = FeatureLoss(normalize=normalize, positions=positions)
@@ -76,6 +87,17 @@ def test_feature_loss_value_and_normalisation():
     on_hidden = FeatureLoss(positions="hidden")(s, t, hidden)
     diff = (normalize_features(s["p3"]) - normalize_features(t["p3"]))[:, :, :2]
     torch.testing.assert_close(on_hidden, diff.pow(2).mean() / 2)
+
+
+def test_image_normalisation_is_scale_free_and_keeps_relative_magnitudes():
+    x = torch.randn(2, 4, 5, 5) * torch.tensor([1.0, 2.0, 4.0, 8.0]).view(1, 4, 1, 1)
+    out = normalize_features(x, "image")
+    torch.testing.assert_close(normalize_features(100 * x - 3, "image"), out, rtol=1e-4,
+                               atol=1e-5)
+    assert out.mean(dim=(1, 2, 3)).abs().max() < 1e-5
+    torch.testing.assert_close(out.var(dim=(1, 2, 3), unbiased=False), torch.ones(2))
+    std = out.std(dim=(2, 3)).mean(0)
+    assert (std[1:] > std[:-1]).all()  # the channels' scales keep their order
 
 
 def test_gcblock_starts_as_identity_and_global_loss_learns():
@@ -132,3 +154,84 @@ def test_distiller_without_adapter_rejects_channel_mismatch():
     teacher = {"p3": ShapeSpec(channels=256, stride=8)}
     with pytest.raises(ValueError, match="channel mismatch at level p3: student 64, teacher 256"):
         FeatureDistiller().build(student, teacher)
+
+
+def _hidden_reference(mask, stride):
+    """1 - each position's visible share of the stride x stride pixels it sees."""
+    pixels = mask.at(*mask.padded_size, 1)
+    height, width = pixels.shape[-2:]
+    pixels = torch.nn.functional.pad(pixels, (0, -width % stride, 0, -height % stride))
+    return 1 - torch.nn.functional.avg_pool2d(pixels, stride)
+
+
+def test_hidden_positions_loss_weighs_each_level_by_the_patches_it_sees():
+    size = (96, 160)  # P6 is 2 x 3 and P7 1 x 2: ceil-sized, non-square
+    levels = {k: STRIDES[k] for k in ("p5", "p6", "p7")}
+    shapes = {k: ShapeSpec(channels=8, stride=s) for k, s in levels.items()}
+    distiller = MKDDistiller(
+        decoder=MKDDecoder(width=16, depth=1, num_heads=2, patch_size=32),
+        feature_loss=FeatureLoss(positions="hidden"),
+    ).build(shapes, shapes)
+    mask = PatchMasker(patch_size=32, mask_ratio=0.5, seed=0)([size, (64, 90)], [0, 1], 0)
+    mask.padded_size = size
+    student, teacher = _features(8, *size, levels=levels), _features(8, *size, levels=levels)
+    loss = distiller(student, teacher, DistillContext(image_size=size, mask=mask))
+    hidden = {k: _hidden_reference(mask, s) for k, s in levels.items()}
+    expected = FeatureLoss(positions="hidden")(distiller.decoder(student, mask), teacher, hidden)
+    torch.testing.assert_close(loss["loss_mkd_feat"], expected)
+
+
+def _default_mkd(tmp_path):
+    """MKD with configs/common/mkd.py's distiller and masker, on the tiny pair."""
+    cfg = LazyConfig.load(str(DEFAULTS))
+    cfg.model.distiller.decoder.update(width=32, depth=1, num_heads=4)
+    model = make_mkd(tmp_path, distiller=instantiate(cfg.model.distiller),
+                     masker=instantiate(cfg.model.masker))
+    return model.train()
+
+
+def _distillation_losses(model, scale=1.0, batch=None):
+    """The first step's losses, with the teacher's features multiplied by ``scale``."""
+    model.mask_step.zero_()
+    hook = model.teacher.backbone.register_forward_hook(
+        lambda module, inputs, output: {k: scale * v for k, v in output.items()})
+    try:
+        with EventStorage(0):
+            losses = model(batch or tiny.batch())
+    finally:
+        hook.remove()
+    return losses
+
+
+def test_default_losses_do_not_follow_the_teacher_feature_scale_and_the_gcblock_learns(
+    tmp_path,
+):
+    model = _default_mkd(tmp_path)
+    plain = _distillation_losses(model)
+    scaled = _distillation_losses(model, scale=100.0)
+    for name in ("loss_mkd_feat", "loss_mkd_global"):
+        assert float(scaled[name]) == pytest.approx(float(plain[name]), rel=1e-4), name
+    scaled["loss_mkd_global"].backward()
+    global_loss = model.distiller.global_loss
+    for blocks in (global_loss.student_blocks, global_loss.teacher_blocks):
+        for level, block in blocks.items():
+            assert block.transform[-1].weight.grad.abs().sum() > 0, level
+
+
+def test_an_mkd_step_under_autocast_has_finite_fp32_losses(tmp_path):
+    model = _default_mkd(tmp_path)
+    batch = tiny.batch(sizes=((64, 64),))  # one small image: fp16 convolutions are slow on CPU
+    reference = _distillation_losses(model, batch=batch)
+    for dtype in (torch.float16, torch.bfloat16):
+        model.zero_grad()
+        model.mask_step.zero_()
+        with EventStorage(0), torch.autocast("cpu", dtype=dtype):
+            losses = model(batch)
+        sum(losses.values()).backward()
+        for name in ("loss_mkd_feat", "loss_mkd_global"):
+            assert losses[name].dtype == torch.float32, (dtype, name)
+            assert float(losses[name]) == pytest.approx(float(reference[name]), rel=0.05), (
+                dtype, name)
+        decoder = model.distiller.decoder
+        assert all(torch.isfinite(p.grad).all() for p in decoder.parameters()
+                   if p.grad is not None)

@@ -2,10 +2,14 @@ import copy
 
 import pytest
 import torch
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 from torch import nn
+from torch.nn import functional as F
 
 import tiny
 from mkd.masking import MaskedConvolutions, PatchMasker
+from test_meta_arch import make_mkd
 
 
 def test_exact_ratio_per_image_and_odd_grid_sizes():
@@ -57,6 +61,74 @@ def test_padding_is_hidden():
     assert full[1, 0, :64, :96].sum() > 0
     feature = torch.zeros(2, 1, 12, 16)  # a stride-8 map of the padded batch
     assert torch.equal(mask.at_feature(feature), mask.at(12, 16, 8))
+
+
+def _area_reference(mask, stride):
+    """Each position's visible share of the stride x stride pixels it sees, from the pixel-level
+    mask zero-padded (hidden) to a multiple of the stride."""
+    pixels = mask.at(*mask.padded_size, 1)
+    height, width = pixels.shape[-2:]
+    pixels = F.pad(pixels, (0, -width % stride, 0, -height % stride))
+    return F.avg_pool2d(pixels, stride)
+
+
+@pytest.mark.parametrize("stride", [8, 32, 64, 128])
+def test_every_level_masks_exactly_the_patches_its_positions_see(stride):
+    # A non-square batch whose P6/P7 maps are ceil-sized (2 x 3 and 1 x 2), not H/s x W/s.
+    mask = PatchMasker(patch_size=32, mask_ratio=0.5, seed=0)([(96, 160), (64, 90)], [0, 1], 0)
+    mask.padded_size = (96, 160)
+    feature = torch.zeros(2, 4, -(-96 // stride), -(-160 // stride))
+    expected = _area_reference(mask, stride)
+    assert torch.equal(mask.at_feature(feature), expected)  # the stride inferred per axis
+    assert torch.equal(mask.at_feature(feature, stride), expected)
+    if stride <= 32:  # a position inside one patch is visible or hidden, nothing between
+        assert set(expected.unique().tolist()) == {0.0, 1.0}
+
+
+def test_a_map_that_no_power_of_two_stride_explains_needs_its_stride():
+    mask = PatchMasker(patch_size=32, mask_ratio=0.5, seed=0)([(96, 160)], [0], 0)
+    mask.padded_size = (96, 160)
+    with pytest.raises(ValueError, match="pass the map's stride to PatchMask.at_feature"):
+        mask.at_feature(torch.zeros(1, 1, 5, 5))
+
+
+def _draw(masker, step=3, keys=(0, 1)):
+    return masker([(128, 128)] * len(keys), list(keys), step).grid
+
+
+def test_the_mask_seed_follows_the_run_seed_and_can_be_pinned():
+    seed_all_rng(1)  # as default_setup does with train.seed=1 on rank 0
+    first = PatchMasker()
+    seed_all_rng(2)
+    second = PatchMasker()
+    seed_all_rng(1)
+    again = PatchMasker()
+    assert first.seed == again.seed != second.seed
+    assert torch.equal(_draw(first), _draw(again))
+    assert not torch.equal(_draw(first), _draw(second))
+    seed_all_rng(2)
+    assert PatchMasker(seed=5).seed == PatchMasker(seed=5).seed == 5
+
+
+def test_ranks_draw_different_masks_for_the_same_image_key(monkeypatch):
+    masker = PatchMasker(seed=7)
+    rank0 = _draw(masker)
+    monkeypatch.setattr(comm, "get_rank", lambda: 1)
+    rank1 = _draw(masker)
+    assert not torch.equal(rank0[0], rank1[0]) and not torch.equal(rank0[1], rank1[1])
+
+
+def test_the_mask_seed_is_saved_and_restored_with_the_model(tmp_path):
+    original = make_mkd(tmp_path, masker=PatchMasker(seed=11))
+    restored = make_mkd(tmp_path, masker=PatchMasker(seed=22))
+    assert int(original.mask_seed) == 11 and "mask_seed" in original.state_dict()
+    batch = tiny.batch()
+    for model in (original, restored):
+        model.mask_step.fill_(4)
+    assert not torch.equal(original.draw_masks(batch).grid, restored.draw_masks(batch).grid)
+    restored.load_state_dict(original.state_dict())  # what --resume does
+    assert int(restored.mask_seed) == 11 and int(restored.mask_step) == 5
+    assert torch.equal(original.draw_masks(batch).grid, restored.draw_masks(batch).grid)
 
 
 def test_bad_mask_ratio_and_patch_size():

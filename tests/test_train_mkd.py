@@ -108,13 +108,17 @@ def test_resume_restores_every_state_and_draws_the_uninterrupted_masks(
     # One training scale: a mask is drawn for an image at its (augmented) size.
     quiet_fixed_scale = ["dataloader.evaluator=null",
                "dataloader.train.mapper.augmentations.0.short_edge_length=[160]"]
-    args, cfg = setup(tmp_path / "straight", teacher_weights, "train.max_iter=4", *quiet_fixed_scale)
+    # The seed of the first run is saved with its checkpoint; resumed runs leave it random, so a
+    # resume that did not restore it would draw other masks.
+    seeded = ["train.seed=0"]
+    args, cfg = setup(tmp_path / "straight", teacher_weights, "train.max_iter=4", *quiet_fixed_scale,
+                      *seeded)
     train_net.do_train(args, cfg)
     straight = dict(draws.grids)
 
     draws.grids.clear()
     out = tmp_path / "interrupted"
-    args, cfg = setup(out, teacher_weights, "train.max_iter=2", *quiet_fixed_scale)
+    args, cfg = setup(out, teacher_weights, "train.max_iter=2", *quiet_fixed_scale, *seeded)
     saved = _state(train_net.do_train(args, cfg))
     # Resume without training further: everything must be as it was saved.
     args, cfg = setup(out, teacher_weights, "train.max_iter=2", *quiet_fixed_scale, resume=True)

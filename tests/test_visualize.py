@@ -11,7 +11,8 @@ from mkd import PatchMasker
 
 CONFIG = str(REPO / "configs/builtin/retinanet_R50_to_R18_mkd.py")
 MIMIC = str(REPO / "configs/builtin/retinanet_R50_to_R18_mimic.py")
-SMALL = ["model.distiller.decoder.width=32", "model.distiller.decoder.num_heads=4"]
+SMALL = ["model.distiller.decoder.width=32", "model.distiller.decoder.num_heads=4",
+         "model.masker.seed=0"]
 
 visualize = load_tool("visualize_mkd")
 

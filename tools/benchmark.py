@@ -253,7 +253,7 @@ def breakdown_pieces(model, batch):
     ones = {k: torch.ones_like(v) for k, v in recon.items()}
     hidden = None
     if distiller.feature_loss.positions == "hidden":
-        hidden = {k: 1 - mask.at_feature(v) for k, v in recon.items()}
+        hidden = {k: 1 - mask.at_feature(v, distiller.strides[k]) for k, v in recon.items()}
 
     def decoder():
         out = distiller.decoder(features, mask)

@@ -1,40 +1,52 @@
 #!/usr/bin/env python
-"""Generate the built-in dataset (`mkd_digits_{train,val}`) ahead of time.
+"""Generate a built-in dataset (`mkd_shapes_*` or `mkd_digits_*`) ahead of time.
 
 Training generates it on first use anyway; this tool lets you pick another seed or size, or
-pay the generation time up front. Example:
-    python tools/make_dataset.py --root datasets/mkd_digits --seed 0
+pay the generation time up front. Needs the `builtin` extra (scipy, scikit-learn, scikit-image).
+Example:
+    python tools/make_dataset.py --dataset shapes --seed 0
 """
 import argparse
 import json
 import sys
 import time
 
-from mkd.data import (
-    DEFAULT_IMAGE_SIZE,
-    DEFAULT_NUM_TRAIN,
-    DEFAULT_NUM_VAL,
-    builtin_root,
-    generate_dataset,
-)
+from mkd.data import GENERATORS, builtin_root
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
+        "--dataset",
+        choices=list(GENERATORS),
+        default="shapes",
+        help="shapes: the CPU proxy of configs/shapes/; digits: its harder variant, of "
+        "configs/builtin/ (default: shapes)",
+    )
+    parser.add_argument(
         "--root",
-        default=builtin_root(),
-        help="output directory (default: $MKD_DATASETS or $DETECTRON2_DATASETS/mkd_digits, "
-        "where training looks for it)",
+        default=None,
+        help="output directory (default: mkd_<dataset> under $MKD_DATASETS, else under "
+        "$DETECTRON2_DATASETS, else under ./datasets: where training looks for it)",
     )
     parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
-    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN)
-    parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL)
-    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
+    for option, constant in (("--num-train", "DEFAULT_NUM_TRAIN"),
+                             ("--num-val", "DEFAULT_NUM_VAL"),
+                             ("--image-size", "DEFAULT_IMAGE_SIZE")):
+        defaults = ", ".join(f"{getattr(module, constant)} {key}"
+                             for key, module in GENERATORS.items())
+        parser.add_argument(option, type=int, default=None,
+                            help=f"default: the dataset's ({defaults})")
     parser.add_argument(
         "--workers", type=int, default=None, help="processes (default: one per CPU core)"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    generator = GENERATORS[args.dataset]
+    args.root = args.root or builtin_root(args.dataset)
+    for name in ("num_train", "num_val", "image_size"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(generator, f"DEFAULT_{name.upper()}"))
+    return args
 
 
 def summarize(json_file):
@@ -54,7 +66,7 @@ def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
     try:
-        json_files = generate_dataset(
+        json_files = GENERATORS[args.dataset].generate_dataset(
             args.root, args.seed, args.num_train, args.num_val, args.image_size, args.workers
         )
     except (ValueError, OSError) as err:

@@ -1,6 +1,8 @@
 """Training runs for the demo and the distillation benchmark: each run is ``tools/train_net.py``
 in a subprocess (clean logging, bounded threads, runs side by side), read back from the
 ``metrics.json`` that Detectron2's writers leave in its output directory."""
+import copy
+import functools
 import hashlib
 import json
 import math
@@ -14,24 +16,41 @@ from typing import Dict, List, Sequence
 from detectron2.config import LazyConfig
 from omegaconf import OmegaConf
 
-from mkd.data.synthetic import GENERATOR_VERSION
+from mkd.data import BUILTIN_DATASETS, GENERATORS
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TOOLS)
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def config_path(name: str) -> str:
-    return os.path.join(REPO, "configs", "builtin", f"{name}.py")
+def config_path(name: str, folder: str = "builtin") -> str:
+    return os.path.join(REPO, "configs", folder, f"{name}.py")
+
+
+@functools.lru_cache(maxsize=None)
+def _loaded(config_file: str):
+    return LazyConfig.load(config_file)
+
+
+def load_config(config_file: str, overrides: Sequence[str] = ()):
+    """The config with ``overrides`` applied; each file is loaded once per process (a benchmark
+    hashes hundreds of runs of a few configs)."""
+    return LazyConfig.apply_overrides(copy.deepcopy(_loaded(config_file)), list(overrides))
 
 
 def config_hash(config_file: str, overrides: Sequence[str]) -> str:
     """A digest of everything a run's result depends on (not where it is written)."""
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(overrides))
+    cfg = load_config(config_file, overrides)
     cfg.train.output_dir = ""
+    # The generator versions of the built-in datasets it reads: a cached run on older data is
+    # not a valid cache.
+    names = [OmegaConf.select(cfg, f"dataloader.{split}.dataset.names", default=None)
+             for split in ("train", "test")]
+    names = [n for value in names if value for n in ([value] if isinstance(value, str) else value)]
+    versions = {key: GENERATORS[key].GENERATOR_VERSION
+                for key, _ in (BUILTIN_DATASETS[n] for n in names if n in BUILTIN_DATASETS)}
     # Targets by name, not repr: a function's repr holds its address, which changes per process.
-    # The built-in dataset's generator version: a cached run on older data is not a valid cache.
-    content = json.dumps([OmegaConf.to_container(cfg, resolve=False), GENERATOR_VERSION],
+    content = json.dumps([OmegaConf.to_container(cfg, resolve=False), versions],
                          sort_keys=True, default=_qualified_name)
     return hashlib.sha256(content.encode()).hexdigest()[:12]
 
@@ -165,13 +184,16 @@ def teacher_cache(args, output_dir: str) -> str:
     return os.path.abspath(args.teacher_cache or default)
 
 
-def teacher_run(cache_root: str, overrides: Sequence[str] = (), depth: int = 50) -> Run:
-    """A RetinaNet teacher from scratch (``retinanet_R{depth}_scratch.py``), in a directory of
-    ``cache_root`` named by its config hash: a finished run there is a valid cache for the same
-    config and schedule, whichever tool trained it."""
-    config_file = config_path(f"retinanet_R{depth}_scratch")
+def teacher_run(cache_root: str, overrides: Sequence[str] = (), depth: int = 50,
+                config_file: str = "") -> Run:
+    """A teacher (``config_file``, default the RetinaNet from scratch
+    ``retinanet_R{depth}_scratch.py``) in a directory of ``cache_root`` named by its config hash:
+    a finished run there is a valid cache for the same config and schedule, whichever tool
+    trained it."""
+    name = "teacher" if config_file else f"teacher R{depth}"
+    config_file = config_file or config_path(f"retinanet_R{depth}_scratch")
     digest = config_hash(config_file, overrides)
-    return Run(f"teacher R{depth}", config_file, os.path.join(cache_root, f"teacher-{digest}"),
+    return Run(name, config_file, os.path.join(cache_root, f"teacher-{digest}"),
                list(overrides))
 
 

@@ -33,6 +33,14 @@ from mkd.data import check_datasets_available
 
 logger = logging.getLogger("detectron2")
 
+#: What to do when an MKD config's train.init_checkpoint does not hold an MKD model.
+MKD_CHECKPOINT_FIX = (
+    "An MKD config's train.init_checkpoint must be an MKD checkpoint (student.* keys: the "
+    "model_final.pth of an MKD run). A plain detector's checkpoint goes in model.student_weights "
+    "(to start the student from it, with train.init_checkpoint=\"\") or with that detector's "
+    "own config (to evaluate it)."
+)
+
 
 def dataset_names(cfg, splits=("train", "test")):
     """Names of the datasets read by the given loaders (``dataset.names`` is a str or a list)."""
@@ -81,6 +89,7 @@ def do_train(args, cfg):
 
     train_loader = instantiate(cfg.dataloader.train)
 
+    precise_bn = precise_bn_hook(cfg, model)
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
@@ -88,6 +97,7 @@ def do_train(args, cfg):
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            precise_bn,  # before the checkpointer and the evaluation, which use its statistics
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
             if comm.is_main_process()
             else None,
@@ -101,14 +111,33 @@ def do_train(args, cfg):
         ]
     )
 
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
-    if args.resume and checkpointer.has_checkpoint():
-        # The checkpoint stores the iteration that just finished: continue with the next one.
-        start_iter = trainer.iter + 1
+    resuming = args.resume and checkpointer.has_checkpoint()
+    if isinstance(checkpointer.model, MKD) and cfg.train.init_checkpoint and not resuming:
+        # Detectron2 would load a plain detector's checkpoint into MKD as nothing, and only warn.
+        load_verified_weights(
+            checkpointer.model, cfg.train.init_checkpoint, role="MKD",
+            required_prefix="student.", setting="train.init_checkpoint", fix=MKD_CHECKPOINT_FIX,
+        )
     else:
-        start_iter = 0
+        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    # The checkpoint stores the iteration that just finished: continue with the next one.
+    start_iter = trainer.iter + 1 if resuming else 0
     trainer.train(start_iter, cfg.train.max_iter)
     return trainer
+
+
+def precise_bn_hook(cfg, model):
+    """Detectron2's PreciseBN when ``train.precise_bn.enabled`` (yacs: TEST.PRECISE_BN): BN
+    running statistics re-estimated on ``num_iter`` clean training batches before each
+    evaluation. For MKD, on the student alone: its masked pass may leave them frozen
+    (``model.freeze_norm_statistics``), and MKD's own forward would mask the images."""
+    if not OmegaConf.select(cfg, "train.precise_bn.enabled", default=False):
+        return None
+    return hooks.PreciseBN(
+        cfg.train.eval_period, model.student if isinstance(model, MKD) else model,
+        instantiate(cfg.dataloader.train),
+        OmegaConf.select(cfg, "train.precise_bn.num_iter", default=200),
+    )
 
 
 def setup(args):
@@ -125,12 +154,14 @@ def build_for_evaluation(cfg):
     if OmegaConf.select(cfg, "model.teacher_weights", default=None) is not None:
         cfg.model.teacher_weights = None
         cfg.model.student_weights = None
+        cfg.model.init_student_from_teacher = False
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
+    distilling = isinstance(model, MKD)
     load_verified_weights(
         model, cfg.train.init_checkpoint, role="evaluated",
-        required_prefix="student." if isinstance(model, MKD) else "",
-        setting="train.init_checkpoint",
+        required_prefix="student." if distilling else "",
+        setting="train.init_checkpoint", fix=MKD_CHECKPOINT_FIX if distilling else "",
     )
     return model
 

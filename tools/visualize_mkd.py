@@ -125,7 +125,8 @@ def compute_panels(before: mkd.MKD, after: mkd.MKD, batched_input: Dict) -> Imag
     height, width = image.shape[-2:]
     mask = after.masker([(height, width)], [image_key(batched_input, 0)], step=0)
     masked = (image.float() * mask.at(height, width, 1)[0]).permute(1, 2, 0).numpy() / 255.0
-    if after.student.input_format == "BGR":
+    # Detectron2's loaders read BGR unless told otherwise (FCOS declares no input_format).
+    if getattr(after.student, "input_format", "BGR") == "BGR":
         masked = masked[:, :, ::-1]
     images = after.student.preprocess_image([batched_input])
     teacher = after.teacher_features([batched_input], images.tensor)

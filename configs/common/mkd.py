@@ -3,7 +3,8 @@ ordinary Detectron2 model configs, ``model.teacher_weights``, and override what 
 
 Spec defaults where the paper is silent (see README, 'Design choices'): mask ratio 0.5 on a
 32-pixel patch grid, a 2-layer 256-wide decoder over one sequence of all levels, per-channel
-standardisation before the MSE, the loss on all positions, and a clean pass for the task loss.
+standardisation before the feature loss's MSE (per-image before the global loss's), the loss on
+all positions, and a clean pass for the task loss.
 """
 from detectron2.config import LazyCall as L
 
@@ -17,15 +18,17 @@ model = L(MKD)(
     levels=None,  # default: every FPN level teacher and student share
     task_pass="clean",  # "masked": a single masked pass for task and distillation losses
     init_student_from_teacher=False,
-    masker=L(PatchMasker)(patch_size=32, mask_ratio=0.5, seed=0),
+    # seed=None: the run's (from train.seed, random when it is < 0); an int pins it.
+    masker=L(PatchMasker)(patch_size=32, mask_ratio=0.5, seed=None),
     distiller=L(MKDDistiller)(
         decoder=L(MKDDecoder)(
             width=256, depth=2, num_heads=8, patch_size="${...masker.patch_size}",
             one_sequence=True,
         ),
         feature_loss=L(FeatureLoss)(normalize="channel", positions="all"),
-        # On raw features, as FGD: per-channel standardisation would cancel the GcBlock.
-        global_loss=L(GlobalLoss)(normalize="none", reduction="mean"),
+        # One mean and std per image's map: scale-free, and the GcBlock still learns
+        # (per-channel standardisation would cancel it). FGD's is "none" (raw features).
+        global_loss=L(GlobalLoss)(normalize="image", reduction="mean"),
         feature_weight=1.0,  # lambda
         global_weight=1.0,  # gamma
     ),

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .distillers import FeatureDistiller
-from .losses import FeatureLoss, GlobalLoss
+from .losses import FeatureLoss, GlobalLoss, computed_in_fp32
 
 __all__ = [
     "MimicDistiller", "FGDDistiller", "MGDDistiller", "fgd_attention", "fgd_foreground_masks",
@@ -153,7 +153,11 @@ class FGDDistiller(_AlignedDistiller):
         if gt is None or len(gt) != batch:
             raise ValueError("FGDDistiller needs the ground-truth boxes of every image "
                              "(context.gt_instances) for its foreground mask")
-        student = self.aligned(student)
+        return self._losses(self.aligned(student), teacher, gt)
+
+    @computed_in_fp32
+    def _losses(self, student, teacher, gt):
+        batch = len(gt)
         fg_loss = bg_loss = attention_loss = 0.0
         for level, s in student.items():
             t = teacher[level]
@@ -208,8 +212,10 @@ class MGDDistiller(_AlignedDistiller):
         return self
 
     def forward(self, student, teacher, context):
-        loss = 0.0
-        for level, s in self.aligned(student).items():
-            generated = self.generators[level](s * mgd_keep_mask(s, self.mask_ratio))
-            loss = loss + (generated - teacher[level]).pow(2).sum() / len(s)
-        return {"loss_mgd": self.alpha * loss}
+        generated = {level: self.generators[level](s * mgd_keep_mask(s, self.mask_ratio))
+                     for level, s in self.aligned(student).items()}
+        return {"loss_mgd": self.alpha * self._loss(generated, teacher)}
+
+    @computed_in_fp32
+    def _loss(self, generated, teacher):
+        return sum((g - teacher[level]).pow(2).sum() / len(g) for level, g in generated.items())

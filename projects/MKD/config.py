@@ -29,7 +29,7 @@ def add_mkd_config(cfg: CN) -> CN:
     m.INIT_STUDENT_FROM_TEACHER = False
     m.PATCH_SIZE = 32
     m.MASK_RATIO = 0.5
-    m.SEED = 0
+    m.SEED = None  # None: drawn from the run's seed (cfg.SEED), saved with the checkpoint
     m.DECODER_WIDTH = 256
     m.DECODER_DEPTH = 2
     m.DECODER_HEADS = 8
@@ -38,7 +38,7 @@ def add_mkd_config(cfg: CN) -> CN:
     m.POSITIONS = "all"
     m.FEATURE_WEIGHT = 1.0
     m.GLOBAL_WEIGHT = 1.0  # 0 disables the global loss
-    m.GLOBAL_NORMALIZE = "none"
+    m.GLOBAL_NORMALIZE = "image"
     m.GLOBAL_REDUCTION = "mean"
     return cfg
 

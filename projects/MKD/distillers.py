@@ -88,6 +88,7 @@ class MKDDistiller(FeatureDistiller):
 
     def build(self, student_shapes, teacher_shapes):
         super().build(student_shapes, teacher_shapes)
+        self.strides = {level: shape.stride for level, shape in student_shapes.items()}
         self.decoder.build(student_shapes, teacher_shapes)
         if self.global_loss is not None:
             self.global_loss.build({k: v.channels for k, v in teacher_shapes.items()})
@@ -99,11 +100,13 @@ class MKDDistiller(FeatureDistiller):
         reconstructed = self.decoder(student, context.mask)
         hidden = None
         if self.feature_loss.positions == "hidden":
-            hidden = {k: 1 - context.mask.at_feature(v) for k, v in reconstructed.items()}
+            hidden = {k: 1 - context.mask.at_feature(v, self.strides[k])
+                      for k, v in reconstructed.items()}
         losses = {
             "loss_mkd_feat": self.feature_weight
             * self.feature_loss(reconstructed, teacher, hidden)
         }
         if self.global_loss is not None:
-            losses["loss_mkd_global"] = self.global_weight * self.global_loss(reconstructed, teacher)
+            global_loss = self.global_loss(reconstructed, teacher)
+            losses["loss_mkd_global"] = self.global_weight * global_loss
         return losses

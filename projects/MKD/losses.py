@@ -1,30 +1,58 @@
 """Losses that compare teacher and student FPN features: reusable by every distiller."""
+import functools
 from typing import Dict, Iterable, Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["normalize_features", "FeatureLoss", "GcBlock", "GlobalLoss"]
+__all__ = ["normalize_features", "computed_in_fp32", "FeatureLoss", "GcBlock", "GlobalLoss"]
 
-NORMALIZATIONS = ("channel", "layernorm", "none")
+NORMALIZATIONS = ("channel", "layernorm", "image", "none")
 
 
 def normalize_features(x: torch.Tensor, mode: str = "channel", eps: float = 1e-6) -> torch.Tensor:
     """Affine-free normalisation so that teacher and student compare on one scale.
 
     ``channel``: standardise each channel over H x W, per image. ``layernorm``: standardise
-    each position over C. ``none``: identity.
+    each position over C. ``image``: standardise each image's map over C x H x W with one mean
+    and one std (relative channel and spatial magnitudes survive). ``none``: identity.
     """
-    if mode == "channel":
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        var = x.var(dim=(2, 3), keepdim=True, unbiased=False)
+    if mode in ("channel", "image"):
+        dims = (2, 3) if mode == "channel" else (1, 2, 3)
+        mean = x.mean(dim=dims, keepdim=True)
+        var = x.var(dim=dims, keepdim=True, unbiased=False)
         return (x - mean) * torch.rsqrt(var + eps)
     if mode == "layernorm":
         return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], eps=eps).permute(0, 3, 1, 2)
     if mode == "none":
         return x
     raise ValueError(f"Unknown normalization {mode!r}; choose one of {NORMALIZATIONS}")
+
+
+def _to_fp32(value):
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.float()
+    if isinstance(value, dict):
+        return {k: _to_fp32(v) for k, v in value.items()}
+    return value
+
+
+def computed_in_fp32(forward):
+    """Runs a loss's ``forward`` in fp32 with autocast off, whatever precision AMP gives the
+    networks: a sum of squares over a feature map overflows fp16 (max 65504), and bf16 keeps
+    only 8 significant bits. Tensor arguments, and dicts of them, arrive as fp32; the first
+    argument is a dict of feature maps."""
+
+    @functools.wraps(forward)
+    def wrapper(self, features, *args, **kwargs):
+        device = next(iter(features.values())).device
+        features, args = _to_fp32(features), [_to_fp32(a) for a in args]
+        kwargs = {k: _to_fp32(v) for k, v in kwargs.items()}
+        with torch.autocast(device.type, enabled=False):
+            return forward(self, features, *args, **kwargs)
+
+    return wrapper
 
 
 def _check_choice(name: str, value: str, choices: Iterable[str]):
@@ -46,13 +74,15 @@ class FeatureLoss(nn.Module):
         self.normalize = normalize
         self.positions = positions
 
+    @computed_in_fp32
     def forward(
         self,
         student: Dict[str, torch.Tensor],
         teacher: Dict[str, torch.Tensor],
         hidden: Optional[Dict[str, torch.Tensor]] = None,
     ) -> torch.Tensor:
-        """``hidden[level]``: (N, 1, H, W), 1 where the student's patch was hidden."""
+        """``hidden[level]``: (N, 1, H, W), the hidden share of each position's pixels (1 where
+        its patch was hidden; a fraction where a coarse position spans several patches)."""
         if self.positions == "hidden" and hidden is None:
             raise ValueError("FeatureLoss(positions='hidden') needs the student's patch mask")
         total = 0.0
@@ -100,16 +130,23 @@ class GlobalLoss(nn.Module):
     """FGD's global loss ``sum_i ||R_T(T_i) - R_S(S_i)||^2`` with separate, learnable GcBlocks
     for the teacher and student sides of every level.
 
+    ``normalize="image"`` (MKD's default) standardises each image's map with one mean and one
+    std before the GcBlocks: the loss no longer follows the teacher's feature magnitude (on raw
+    features it grows with its square), yet the map keeps its relative channel and spatial
+    magnitudes, which the GcBlock's attention and context read. ``"none"`` is FGD's (raw
+    features). ``"layernorm"`` (each position over C) is scale-free too but erases where the
+    features are strong. Per-channel standardisation is refused: a GcBlock adds one value per
+    channel, standardised maps have zero mean per channel, so its transform would get no
+    gradient and the loss would stay equal to ``FeatureLoss``.
+
     ``reduction="sum"`` is FGD's (summed, divided by the batch size; its weights are tiny);
     ``"mean"`` divides by ``2 C H W`` like ``FeatureLoss`` so that weights do not depend on the
-    image size. Per-channel standardisation is refused: a GcBlock adds one value per channel,
-    standardised maps have zero mean per channel, so its transform would get no gradient and the
-    loss would stay equal to ``FeatureLoss``.
+    image size.
     """
 
-    def __init__(self, normalize: str = "none", reduction: str = "mean"):
+    def __init__(self, normalize: str = "image", reduction: str = "mean"):
         super().__init__()
-        _check_choice("normalize", normalize, ("layernorm", "none"))
+        _check_choice("normalize", normalize, ("image", "layernorm", "none"))
         _check_choice("reduction", reduction, ("mean", "sum"))
         self.normalize = normalize
         self.reduction = reduction
@@ -123,6 +160,7 @@ class GlobalLoss(nn.Module):
             self.teacher_blocks[level] = GcBlock(c)
         return self
 
+    @computed_in_fp32
     def forward(self, student: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor]):
         total = 0.0
         for level, s in student.items():

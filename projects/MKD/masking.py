@@ -5,10 +5,12 @@ convolution of the student's bottom-up network by the mask of that resolution, s
 regions never mix with visible ones (a CNN cannot drop tokens the way a ViT encoder can).
 """
 import contextlib
+import hashlib
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+from detectron2.utils import comm
 from torch import nn
 
 __all__ = ["PatchMask", "PatchMasker", "MaskedConvolutions"]
@@ -28,41 +30,73 @@ class PatchMask:
         self.padded_size: Optional[Tuple[int, int]] = None  # set from the backbone's input
         self._cache = {}
 
-    def at(self, height: int, width: int, stride: float) -> torch.Tensor:
-        """The mask of a (height, width) map whose positions are ``stride`` pixels apart:
-        position ``i`` covers the pixel centre ``(i + 0.5) * stride``. Returns (N, 1, H, W)."""
-        key = (height, width, float(stride))
+    def at(self, height: int, width: int, stride: Union[float, Tuple[float, float]]):
+        """The mask of a (height, width) map whose position ``i`` sees the pixels
+        ``[i * stride, (i + 1) * stride)`` (``stride``: one for both axes, or (y, x)): the
+        visible share of those pixels. That is 0 or 1 where a position lies in one patch (strides
+        that divide the patch size) and the share of visible patches where it spans several
+        (e.g. P6/P7 for 32-pixel patches). Returns (N, 1, H, W)."""
+        stride_y, stride_x = stride if isinstance(stride, (tuple, list)) else (stride, stride)
+        key = (height, width, float(stride_y), float(stride_x))
         if key not in self._cache:
-            rows = self._cell_index(height, stride, self.grid.shape[1])
-            cols = self._cell_index(width, stride, self.grid.shape[2])
-            padded = nn.functional.pad(self.grid, (0, 1, 0, 1))  # last cell = outside = hidden
-            self._cache[key] = padded[:, rows][:, :, cols].unsqueeze(1)
+            rows = self._coverage(height, stride_y, self.grid.shape[1])  # (H, Gh)
+            cols = self._coverage(width, stride_x, self.grid.shape[2])  # (W, Gw)
+            with torch.autocast(self.grid.device.type, enabled=False):  # exact shares
+                mask = torch.einsum("hg,ngk,wk->nhw", rows, self.grid, cols)
+            self._cache[key] = mask.unsqueeze(1)
         return self._cache[key]
 
-    def at_feature(self, feature: torch.Tensor) -> torch.Tensor:
-        """The mask of a feature map computed from the padded batch this mask was drawn for."""
+    def at_feature(self, feature: torch.Tensor, stride: Optional[int] = None) -> torch.Tensor:
+        """The mask of a feature map computed from the padded batch this mask was drawn for.
+
+        ``stride``: the map's nominal stride (its backbone's ``output_shape``). Without it, each
+        axis's stride is the power of two that turns the padded size into the map's size by
+        ceil division, as stride-2 layers do; a map of a single position is ambiguous (P5, P6
+        and P7 of a 32-pixel batch), so give the stride for the coarse levels."""
         if self.padded_size is None:
             raise RuntimeError("PatchMask.padded_size is unknown: apply the mask through "
                                "MaskedConvolutions, or set padded_size to the batch's (H, W)")
-        height, width = feature.shape[-2:]
-        return self.at(height, width, self.padded_size[0] / height)
+        size = tuple(feature.shape[-2:])
+        if stride is None:
+            stride = tuple(_inferred_stride(p, n) for p, n in zip(self.padded_size, size))
+        return self.at(*size, stride)
 
-    def _cell_index(self, length: int, stride: float, cells: int) -> torch.Tensor:
-        centres = (torch.arange(length, dtype=torch.float64) + 0.5) * stride
-        index = torch.floor(centres / self.patch_size).long()
-        return torch.where(index < cells, index, torch.full_like(index, cells)).to(
-            self.grid.device
+    def _coverage(self, length: int, stride: float, cells: int) -> torch.Tensor:
+        """(length, cells): the share of position ``i``'s pixels that lie in cell ``c``; the
+        share beyond the grid is padding, hidden."""
+        start = torch.arange(length, dtype=torch.float64)[:, None] * stride
+        edges = torch.arange(cells + 1, dtype=torch.float64) * self.patch_size
+        overlap = torch.minimum(start + stride, edges[1:]) - torch.maximum(start, edges[:-1])
+        return (overlap.clamp(min=0) / stride).to(self.grid)
+
+
+def _inferred_stride(padded: int, size: int) -> int:
+    stride = 1
+    while -(-padded // stride) > size:
+        stride *= 2
+    if -(-padded // stride) != size:
+        raise ValueError(
+            f"No power-of-two stride turns the padded batch's {padded} pixels into a map of "
+            f"{size}: pass the map's stride to PatchMask.at_feature"
         )
+    return stride
 
 
 class PatchMasker:
     """Draws ``PatchMask``s with an exact hidden fraction per image.
 
-    The draw is a pure function of (seed, step, image key), so a resumed run hides exactly the
-    patches an uninterrupted run would, and every rank of a distributed run draws independently.
+    The draw is a pure function of (seed, rank, step, image key), so a resumed run hides exactly
+    the patches an uninterrupted run would, and the ranks of a distributed run hide different
+    patches even at the same batch position (the rank is ``comm.get_rank()``).
+
+    ``seed=None`` (the default) takes the run's: ``comm.shared_random_seed()``, rank 0's draw
+    from the RNG that Detectron2's ``default_setup`` seeds with ``train.seed`` (random when it
+    is negative), the same on every rank. It must then be called on every rank, as building
+    the model is. An integer pins the seed. MKD saves the seed with its checkpoint.
     """
 
-    def __init__(self, *, patch_size: int = 32, mask_ratio: float = 0.5, seed: int = 0):
+    def __init__(self, *, patch_size: int = 32, mask_ratio: float = 0.5,
+                 seed: Optional[int] = None):
         if not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
         if not 0.0 <= mask_ratio < 1.0:
@@ -71,7 +105,7 @@ class PatchMasker:
             )
         self.patch_size = patch_size
         self.mask_ratio = mask_ratio
-        self.seed = seed
+        self.seed = int(comm.shared_random_seed() if seed is None else seed)
 
     def __call__(
         self,
@@ -81,38 +115,53 @@ class PatchMasker:
         device: Optional[torch.device] = None,
     ) -> PatchMask:
         s = self.patch_size
+        rank = comm.get_rank()
         cells = [(math.ceil(h / s), math.ceil(w / s)) for h, w in image_sizes]
         grid = torch.zeros(len(cells), max(c[0] for c in cells), max(c[1] for c in cells))
         for i, ((gh, gw), key) in enumerate(zip(cells, image_keys)):
-            generator = torch.Generator().manual_seed(self._draw_seed(step, key))
+            generator = torch.Generator().manual_seed(self._draw_seed(rank, step, key))
             num_hidden = round(self.mask_ratio * gh * gw)
             visible = torch.ones(gh * gw)
             visible[torch.randperm(gh * gw, generator=generator)[:num_hidden]] = 0.0
             grid[i, :gh, :gw] = visible.view(gh, gw)
         return PatchMask(grid.to(device) if device is not None else grid, s)
 
-    def _draw_seed(self, step: int, key: int) -> int:
-        # A fixed mixing of the three integers; Python's hash() is salted per process.
-        value = (self.seed * 1_000_003 + step) * 2_147_483_647 + key
-        return value % (2**63 - 1)
+    def _draw_seed(self, rank: int, step: int, key: int) -> int:
+        # A fixed hash of the four integers (Python's hash() is salted per process).
+        values = tuple(int(v) for v in (self.seed, rank, step, key))
+        digest = hashlib.blake2b(repr(values).encode(), digest_size=8)
+        return int.from_bytes(digest.digest(), "little") >> 1
 
 
 class MaskedConvolutions:
     """Multiplies the input of every ``nn.Conv2d`` inside ``module`` by the active mask.
 
-    One generic mechanism for any CNN (ResNet BasicBlock and Bottleneck alike): forward
+    One generic mechanism for any CNN (ResNet BasicBlock and Bottleneck, RegNetX/Y): forward
     pre-hooks on the convolutions, inactive (and free) unless ``active(mask)`` is entered, so the
     same module serves the masked distillation pass, the clean task pass and inference.
+
+    Squeeze-and-excitation (RegNetY's ``SE``: global average pool, then 1x1 convolutions on the
+    pooled vector, whose sigmoid gates every position's channels) is masked differently. The
+    pooled vector has no positions, so the image-space mask does not apply to its convolutions;
+    instead the pool averages over visible positions only. Hidden positions hold no hidden
+    pixels (those are zeroed at the first convolution) but they do hold bias and border terms;
+    a plain average would let them set the gates of visible positions and tie the gates to the
+    mask ratio. With the visible-only average, the features at visible positions are a function
+    of the activations at visible positions alone, as everywhere else in the masked network.
     """
 
     def __init__(self, module: nn.Module):
         self._mask: Optional[PatchMask] = None
-        self.convs: List[nn.Conv2d] = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+        pools, pooled_convs = _squeeze_excitations(module)
+        self.convs: List[nn.Conv2d] = [m for m in module.modules() if isinstance(m, nn.Conv2d)
+                                       and m not in pooled_convs]
         if not self.convs:
             raise ValueError(f"{type(module).__name__} has no nn.Conv2d to mask")
         module.register_forward_pre_hook(self._record_padded_size)
         for conv in self.convs:
             conv.register_forward_pre_hook(self._mask_input)
+        for pool in pools:
+            pool.register_forward_hook(self._pool_visible)
 
     @contextlib.contextmanager
     def active(self, mask: Optional[PatchMask]):
@@ -131,3 +180,30 @@ class MaskedConvolutions:
             return None
         x = inputs[0]
         return (x * self._mask.at_feature(x).to(dtype=x.dtype),) + tuple(inputs[1:])
+
+    def _pool_visible(self, pool, inputs, output):
+        if self._mask is None:
+            return None
+        x = inputs[0]
+        visible = self._mask.at_feature(x).to(dtype=x.dtype)
+        total = (x * visible).sum(dim=(-2, -1), keepdim=True)
+        return total / visible.sum(dim=(-2, -1), keepdim=True).clamp(min=1)
+
+
+def _squeeze_excitations(module: nn.Module):
+    """The global average pools of squeeze-and-excitation blocks inside ``module``, and the
+    convolutions that see only their pooled vectors: a block is a module with a global average
+    pool (to 1x1) as a child and no convolution but 1x1 ones."""
+    pools, convs = [], set()
+    for block in module.modules():
+        block_pools = [c for c in block.children() if isinstance(c, nn.AdaptiveAvgPool2d)
+                       and _pair(c.output_size) == (1, 1)]
+        block_convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+        if block_pools and block_convs and all(c.kernel_size == (1, 1) for c in block_convs):
+            pools += block_pools
+            convs.update(block_convs)
+    return pools, convs
+
+
+def _pair(size):
+    return tuple(size) if isinstance(size, (tuple, list)) else (size, size)

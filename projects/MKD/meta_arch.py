@@ -2,6 +2,7 @@
 distiller, trained through Detectron2's own trainer. Evaluation is the student alone."""
 import contextlib
 import logging
+import math
 import zlib
 from typing import Dict, List, Optional, Sequence
 
@@ -47,6 +48,65 @@ class _BackboneRecorder:
             self.images, self.features = inputs[0], output
 
 
+class _TeacherInput:
+    """How the teacher gets its normalised, padded batch in a training step.
+
+    The batch's ``image`` is in the student's channel order. A teacher that orders channels,
+    normalises and pads like the student reuses the student's normalised batch (free). Any other
+    teacher gets the images in its own channel order and runs its own ``preprocess_image`` (a
+    ViTDet teacher: RGB, ImageNet std, a 1024 square). A model without ``input_format`` (FCOS,
+    SemanticSegmentor) reads the data loader's channel order, whatever it is.
+    """
+
+    def __init__(self, teacher: nn.Module, student: nn.Module):
+        t_format, s_format = (getattr(m, "input_format", None) for m in (teacher, student))
+        self.flip_channels = None not in (t_format, s_format) and t_format != s_format
+        if self.flip_channels and {t_format, s_format} != {"RGB", "BGR"}:
+            raise ValueError(f"The teacher reads {t_format} images, the student {s_format}: MKD "
+                             "converts only between RGB and BGR; give both the same input_format")
+        if (t_format is None) != (s_format is None):
+            logger.warning(
+                "Only one of teacher (%s) and student (%s) declares an input_format: the teacher "
+                "gets the batch's channels unchanged; make sure the data loader's image_format is "
+                "%s", t_format, s_format, t_format or s_format)
+        teacher_preprocessing = _preprocessing(teacher)
+        self.reuses_student_batch = (not self.flip_channels and teacher_preprocessing is not None
+                                     and teacher_preprocessing == _preprocessing(student))
+        if not self.reuses_student_batch and not callable(
+                getattr(teacher, "preprocess_image", None)):
+            raise ValueError(
+                f"The {type(teacher).__name__} teacher orders channels, normalises or pads unlike "
+                f"the {type(student).__name__} student (or does not say how: pixel_mean, "
+                "pixel_std, backbone.size_divisibility) and has no preprocess_image(batched_inputs)"
+                " to build its own batch: give it one, or give both models the same pixel_mean, "
+                "pixel_std, input_format and padding"
+            )
+
+    def images(self, teacher: nn.Module, batched_inputs: List[Dict],
+               student_images: torch.Tensor) -> torch.Tensor:
+        if self.reuses_student_batch:
+            return student_images
+        if self.flip_channels:
+            batched_inputs = [dict(x, image=x["image"].flip(-3)) for x in batched_inputs]
+        return teacher.preprocess_image(batched_inputs).tensor
+
+
+def _preprocessing(model: nn.Module) -> Optional[tuple]:
+    """What decides a model's normalised, padded batch besides channel order (pixel statistics,
+    padding), or None when the model does not expose its pixel statistics."""
+    mean, std = getattr(model, "pixel_mean", None), getattr(model, "pixel_std", None)
+    if not (isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)):
+        return None
+    backbone = model.backbone
+    constraints = getattr(backbone, "padding_constraints", None) or {}  # Detectron2 > 0.6
+    return (
+        mean.detach().cpu().flatten().tolist(),
+        std.detach().cpu().flatten().tolist(),
+        getattr(backbone, "size_divisibility", 0),
+        sorted((k, v) for k, v in constraints.items() if v),
+    )
+
+
 @contextlib.contextmanager
 def _frozen_norm_statistics(module: nn.Module):
     """BatchNorm normalises with batch statistics but leaves its running statistics alone (the
@@ -66,10 +126,11 @@ def _frozen_norm_statistics(module: nn.Module):
 class MKD(nn.Module):
     """Masked Knowledge Distillation around any two Detectron2 FPN detectors.
 
-    ``teacher`` and ``student`` are ordinary Detectron2 models (RetinaNet or GeneralizedRCNN).
-    The teacher is frozen, always in eval mode, and kept out of this module's parameters,
-    ``state_dict``, optimizer and DDP. With a distiller that does not mask the student (feature
-    mimicking, FGD, MGD) this is plain feature distillation on the same machinery.
+    ``teacher`` and ``student`` are ordinary Detectron2 models with an FPN-style ``backbone``
+    (RetinaNet, FCOS, GeneralizedRCNN with any ROI heads, ViTDet, ...). The teacher is frozen,
+    always in eval mode, and kept out of this module's parameters, ``state_dict``, optimizer
+    and DDP. With a distiller that does not mask the student (feature mimicking, FGD, MGD) this
+    is plain feature distillation on the same machinery.
     """
 
     @configurable
@@ -85,6 +146,7 @@ class MKD(nn.Module):
         student_weights: Optional[str] = None,
         task_pass: str = "clean",
         init_student_from_teacher: bool = False,
+        freeze_norm_statistics: bool = False,
     ):
         """
         Args:
@@ -99,11 +161,23 @@ class MKD(nn.Module):
             task_pass: ``"clean"``: task losses from an unmasked pass, distillation from a
                 masked one; ``"masked"``: one masked pass for both (cheaper).
             init_student_from_teacher: copy the teacher's neck and head into the student where
-                names and shapes match.
+                names and shapes match; needs ``teacher_weights``, and warns if nothing matches.
+            freeze_norm_statistics: with ``task_pass="masked"``, the masked pass leaves the
+                student's BatchNorm running statistics alone (they would learn half-hidden
+                images); estimate them on clean images before evaluation instead
+                (``train.precise_bn`` of tools/train_net.py).
         """
         super().__init__()
         if task_pass not in ("clean", "masked"):
             raise ValueError(f"task_pass must be 'clean' or 'masked', got {task_pass!r}")
+        if freeze_norm_statistics and task_pass != "masked":
+            raise ValueError("freeze_norm_statistics is for task_pass='masked' (the clean pass "
+                             "already keeps the masked pass out of BN statistics): set "
+                             "task_pass='masked' or freeze_norm_statistics=False")
+        if init_student_from_teacher and not teacher_weights:
+            raise ValueError("init_student_from_teacher=True copies the teacher's neck and head "
+                             "into the student, but the teacher has no weights: set "
+                             "model.teacher_weights, or init_student_from_teacher=False")
         if distiller.masks_student_input and masker is None:
             raise ValueError(f"{type(distiller).__name__} masks the student: give MKD a masker")
         if not distiller.masks_student_input and masker is not None:
@@ -115,20 +189,20 @@ class MKD(nn.Module):
         teacher.eval()
         self.masker = masker
         self.task_pass = task_pass
+        self.freeze_norm_statistics = freeze_norm_statistics
         self.levels = self._distilled_levels(levels)
         self.distiller = distiller.build(
             {k: student.backbone.output_shape()[k] for k in self.levels},
             {k: teacher.backbone.output_shape()[k] for k in self.levels},
         )
         self._recorder = _BackboneRecorder(student.backbone)
-        self._teacher_shares_input = (
-            teacher.backbone.size_divisibility == student.backbone.size_divisibility
-            and torch.equal(teacher.pixel_mean.cpu(), student.pixel_mean.cpu())
-            and torch.equal(teacher.pixel_std.cpu(), student.pixel_std.cpu())
-        )
+        self._teacher_input = _TeacherInput(teacher, student)
         self._masked_convs = MaskedConvolutions(student.backbone.bottom_up) if masker else None
-        # Masks are a function of (seed, step, image): the step is saved with the checkpoint.
+        # Masks are a function of (seed, rank, step, image): seed and step are saved with the
+        # checkpoint, so a resumed run draws the masks of an uninterrupted one.
         self.register_buffer("mask_step", torch.zeros((), dtype=torch.long))
+        if masker is not None:
+            self.register_buffer("mask_seed", torch.tensor(masker.seed, dtype=torch.long))
         self.teacher_loaded = False
         if teacher_weights:
             self.load_teacher(teacher_weights)
@@ -163,10 +237,6 @@ class MKD(nn.Module):
             if s_shapes[k].stride != t_shapes[k].stride:
                 raise ValueError(f"Level {k} has stride {s_shapes[k].stride} in the student but "
                                  f"{t_shapes[k].stride} in the teacher")
-        for attr in ("input_format",):
-            if getattr(self.student, attr, None) != getattr(self.teacher, attr, None):
-                raise ValueError(f"Teacher and student must share {attr}: "
-                                 f"{getattr(self.teacher, attr)} vs {getattr(self.student, attr)}")
         return list(levels)
 
     # -- the teacher lives outside nn.Module's bookkeeping; devices and modes still follow ----
@@ -199,7 +269,9 @@ class MKD(nn.Module):
             )
         mask = self.draw_masks(batched_inputs) if self.masker is not None else None
         single_pass = self.task_pass == "masked" or mask is None
-        with self._recorder.record(), self._masking(mask if single_pass else None):
+        freeze = self.freeze_norm_statistics and mask is not None
+        with self._recorder.record(), self._masking(mask if single_pass else None), (
+                _frozen_norm_statistics(self.student) if freeze else contextlib.nullcontext()):
             losses = self.student(batched_inputs)
         images, student_features = self._recorder.take()
         if not single_pass:
@@ -210,8 +282,10 @@ class MKD(nn.Module):
             if student_features[k].shape[-2:] != teacher_features[k].shape[-2:]:
                 raise ValueError(
                     f"Level {k}: student features {tuple(student_features[k].shape[-2:])} vs "
-                    f"teacher features {tuple(teacher_features[k].shape[-2:])}; give both "
-                    "backbones the same size_divisibility"
+                    f"teacher features {tuple(teacher_features[k].shape[-2:])} for a padded "
+                    f"batch of {tuple(images.shape[-2:])}: MKD expects the student's maps to be "
+                    "ceil(size / stride), as Detectron2's FPNs give; give the student such a "
+                    "backbone"
                 )
         context = DistillContext(
             image_size=tuple(images.shape[-2:]),
@@ -237,28 +311,42 @@ class MKD(nn.Module):
 
     @torch.no_grad()
     def teacher_features(self, batched_inputs: List[Dict], student_images: torch.Tensor):
-        """The teacher's FPN features of the batch the student saw (as ``student_images``)."""
-        return self.teacher.backbone(self._teacher_images(batched_inputs, student_images))
+        """The teacher's features at the distilled levels of the batch the student saw (as
+        ``student_images``), cropped to the student's padded size: a teacher may pad more (a
+        ViTDet pads to a 1024 square), and both pad at the bottom and right."""
+        features = self.teacher.backbone(
+            self._teacher_input.images(self.teacher, batched_inputs, student_images))
+        strides = self.teacher.backbone.output_shape()
+        height, width = student_images.shape[-2:]
+        cropped = {}
+        for k in self.levels:
+            rows, cols = math.ceil(height / strides[k].stride), math.ceil(width / strides[k].stride)
+            if features[k].shape[-2] < rows or features[k].shape[-1] < cols:
+                raise ValueError(
+                    f"Level {k}: the teacher's features {tuple(features[k].shape[-2:])} are "
+                    f"smaller than the student's {(rows, cols)} (padded batch "
+                    f"{(height, width)}): the teacher must pad at least as much as the student; "
+                    "give the teacher a size_divisibility that is a multiple of the student's "
+                    f"({getattr(self.student.backbone, 'size_divisibility', 0)}) or a square "
+                    "padding at least the student's largest padded image"
+                )
+            cropped[k] = features[k][..., :rows, :cols]
+        return cropped
 
     def draw_masks(self, batched_inputs):
-        """This step's patch masks for the batch; advances the step."""
+        """This step's patch masks for the batch; advances the step. The seed is the saved
+        one (``mask_seed``), which a resumed run restores with the checkpoint."""
         keys = [image_key(x, i) for i, x in enumerate(batched_inputs)]
         sizes = [tuple(x["image"].shape[-2:]) for x in batched_inputs]
+        self.masker.seed = int(self.mask_seed)
         mask = self.masker(sizes, keys, int(self.mask_step), device=self.device)
         self.mask_step += 1
         return mask
 
-    def _teacher_images(self, batched_inputs, student_images: torch.Tensor) -> torch.Tensor:
-        """The student's normalised batch when both normalise and pad alike, else the teacher's
-        own preprocessing."""
-        if self._teacher_shares_input:
-            return student_images
-        return self.teacher.preprocess_image(batched_inputs).tensor
-
 
 def image_key(batched_input: Dict, index: int) -> int:
     """The integer a mask draw is keyed by: the dataset's image id (hashed if not an int), else
-    the position in the batch."""
+    the position in the batch (the masker mixes in the rank, so ranks still differ)."""
     image_id = batched_input.get("image_id", index)
     if isinstance(image_id, int):
         return image_id

@@ -20,48 +20,66 @@ logger = logging.getLogger(__name__)
 STUDENT_PREFIX = "student."
 
 
+class _RecordingCheckpointer(DetectionCheckpointer):
+    """Detectron2's checkpointer, keeping what it found incompatible instead of only logging it.
+
+    ``_load_model`` is the hook through which ``Checkpointer.load`` loads the weights (Detectron2
+    overrides it for the model zoo's formats); its contract, a checkpoint in and the incompatible
+    keys out, is the same on Detectron2 0.6 and main (tests/test_weights.py pins it)."""
+
+    incompatible = None
+
+    def _load_model(self, checkpoint):
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+
 def load_verified_weights(
     model: nn.Module, path: str, role: str = "teacher", required_prefix: str = "",
-    setting: str = "",
+    setting: str = "", fix: str = "",
 ) -> None:
     """Loads a Detectron2 ``.pkl`` (model zoo) or ``.pth`` into ``model``; raises if the file is
-    missing, or if any parameter/buffer under ``required_prefix`` is left unloaded, or if any
-    gets a wrong shape. (A student starting from ImageNet requires only its bottom-up net.)
-    ``setting`` names the config key of ``path`` in error messages."""
+    missing, or if any parameter/buffer under ``required_prefix`` is left unloaded or has another
+    shape in the file. (A student starting from ImageNet requires only its bottom-up net.)
+    ``setting`` names the config key of ``path`` in error messages; ``fix`` replaces the advice
+    given when the weights do not fit."""
     setting = setting or f"model.{role}_weights"
     if not path:
         raise ValueError(
             f"No {role} weights configured: set {setting} to a Detectron2 .pkl/.pth "
             f"(e.g. {setting}=/path/to/model_final.pth)."
         )
-    local = PathManager.get_local_path(path)
-    if not os.path.isfile(local):
+    if not os.path.isfile(PathManager.get_local_path(path)):
         raise FileNotFoundError(
-            f"{role} weights not found: {path}. Train the {role} first (tools/train_net.py with "
+            f"{role} weights not found: {path}. Train that model first (tools/train_net.py with "
             f"its own config) or point {setting} at an existing checkpoint."
         )
-    checkpointer = DetectionCheckpointer(model)
-    checkpoint = checkpointer._load_file(local)
-    incompatible = checkpointer._load_model(checkpoint)
+    checkpointer = _RecordingCheckpointer(model)
+    checkpointer.load(path, checkpointables=[])
+    incompatible = checkpointer.incompatible
     what = f"{required_prefix}* parameters/buffers" if required_prefix else "parameters/buffers"
     expected = len([k for k in model.state_dict() if k.startswith(required_prefix)])
-    missing = [k for k in incompatible.missing_keys if k.startswith(required_prefix)]
-    shapes = incompatible.incorrect_shapes
+    # (name, shape in the file, shape in the model); fvcore also lists these names as missing.
+    shapes = [s for s in incompatible.incorrect_shapes if s[0].startswith(required_prefix)]
+    misfit = {s[0] for s in shapes}
+    missing = [k for k in incompatible.missing_keys
+               if k.startswith(required_prefix) and k not in misfit]
     if missing or shapes:
         details = [f"{len(missing)} of {expected} {what} missing"]
         if missing:
             details.append(f"e.g. {missing[:5]}")
         if shapes:
-            details.append(f"{len(shapes)} with mismatched shapes, e.g. {shapes[:3]}")
+            details.append(f"{len(shapes)} with mismatched shapes (name, file, model), "
+                           f"e.g. {shapes[:3]}")
+        fix = fix or f"Check that the {role} config matches the checkpoint (depth, classes, FPN)."
         raise RuntimeError(
             f"{role} weights {path} do not fit the {role} model: " + "; ".join(details)
-            + f". Check that the {role} config matches the checkpoint (depth, classes, FPN)."
+            + f". {fix}"
         )
-    if incompatible.unexpected_keys:
-        logger.warning(
-            f"{role} weights {path}: {len(incompatible.unexpected_keys)} keys not used by the "
-            f"{role}, e.g. {incompatible.unexpected_keys[:5]}"
-        )
+    unused = incompatible.unexpected_keys + [s[0] for s in incompatible.incorrect_shapes]
+    if unused:
+        logger.warning(f"{role} weights {path}: {len(unused)} tensors not used by the {role} "
+                       f"(unknown names or other shapes), e.g. {unused[:5]}")
     logger.info(f"Loaded all {expected} {role} {what} from {path}")
 
 
@@ -74,8 +92,16 @@ def copy_matching_weights(source: nn.Module, target: nn.Module, skip_prefix: str
         if not k.startswith(skip_prefix) and k in target_state and v.shape == target_state[k].shape
     }
     target.load_state_dict(copied, strict=False)
-    logger.info(f"Initialised {len(copied)} student tensors from the teacher (names and shapes "
-                "matching, bottom-up backbone excluded)")
+    if not copied:
+        logger.warning(
+            f"init_student_from_teacher copied nothing: no teacher tensor outside {skip_prefix}* "
+            "matches the student's in name and shape (different families or FPN widths), so the "
+            "student keeps its own initialisation. Pair a teacher and student of one family and "
+            "FPN width, or set model.init_student_from_teacher=False."
+        )
+    else:
+        logger.info(f"Initialised {len(copied)} student tensors from the teacher (names and "
+                    f"shapes matching, {skip_prefix}* excluded)")
     return len(copied)
 
 

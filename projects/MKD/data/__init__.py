@@ -1,10 +1,15 @@
-"""The built-in dataset: a generated COCO-format instance dataset, registered with Detectron2.
+"""The built-in datasets: generated COCO-format instance datasets, registered with Detectron2.
 
-Importing this package registers `mkd_digits_train` / `mkd_digits_val`; images are generated
-only when a dataset is first loaded (or by `tools/make_dataset.py`).
+Importing this package registers `mkd_shapes_{train,val}` (the CPU proxy),
+`mkd_digits_{train,val}` (a harder variant) and the shapes' per-pixel labels,
+`mkd_shapes_sem_seg_{train,val}` (semantic.py); images and labels are generated only when a
+dataset is first loaded (or by `tools/make_dataset.py`), which needs the `builtin` extra (scipy,
+scikit-learn, scikit-image); registering and training on generated data do not.
 """
 from .builtin import (
     BUILTIN_DATASETS,
+    GENERATORS,
+    SEM_SEG_DATASETS,
     builtin_root,
     check_datasets_available,
     ensure_builtin_dataset,
@@ -24,6 +29,8 @@ from .synthetic import (
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "GENERATORS",
+    "SEM_SEG_DATASETS",
     "CATEGORY_NAMES",
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_NUM_TRAIN",
@@ -39,4 +46,5 @@ __all__ = [
     "split_paths",
 ]
 
-register_builtin()
+for _dataset in GENERATORS:
+    register_builtin(dataset=_dataset)

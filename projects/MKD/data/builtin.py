@@ -1,9 +1,11 @@
-"""Detectron2 registration of the built-in dataset, and checks that datasets exist on disk.
+"""Detectron2 registration of the built-in datasets, and checks that datasets exist on disk.
 
-The built-in dataset is generated on first use, so configs that train on it work on a fresh
-machine without downloads. Datasets that cannot be generated (COCO) get a clear error up front
-instead of a crash deep inside the data loader.
+The built-in datasets ("shapes", the learnable CPU proxy, and "digits", its harder variant) are
+generated on first use, so configs that train on them work on a fresh machine without downloads.
+Datasets that cannot be generated (COCO) get a clear error up front instead of a crash deep inside
+the data loader.
 """
+import functools
 import json
 import logging
 import os
@@ -13,64 +15,72 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from iopath.common.file_io import file_lock
 
-from .synthetic import (
-    CATEGORY_NAMES,
-    DEFAULT_IMAGE_SIZE,
-    DEFAULT_NUM_TRAIN,
-    DEFAULT_NUM_VAL,
-    GENERATOR_VERSION,
-    check_writable,
-    generate_split,
-    split_paths,
-)
+from . import semantic, shapes, synthetic
+from .synthetic import SPLITS, check_writable, split_paths
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_DATASETS = {"mkd_digits_train": "train", "mkd_digits_val": "val"}
-_DEFAULT_SPLIT_SIZES = {"train": DEFAULT_NUM_TRAIN, "val": DEFAULT_NUM_VAL}
+# Generator module of each built-in dataset: its CATEGORY_NAMES, DEFAULT_* sizes,
+# GENERATOR_VERSION and generate_split. Dataset `key` registers as mkd_<key>_{train,val}.
+GENERATORS = {"shapes": shapes, "digits": synthetic}
+BUILTIN_DATASETS = {f"mkd_{key}_{split}": (key, split) for key in GENERATORS for split in SPLITS}
+# Built-in datasets that also register per-pixel labels, as mkd_<key>_sem_seg_{train,val}.
+SEM_SEG_DATASETS = ("shapes",)
+BUILTIN_DATASETS.update({semantic.sem_seg_name(key, split): (key, split)
+                         for key in SEM_SEG_DATASETS for split in SPLITS})
 
 
-def builtin_root():
-    """Where the built-in dataset lives: $MKD_DATASETS, else $DETECTRON2_DATASETS/mkd_digits."""
-    detectron2_root = os.environ.get("DETECTRON2_DATASETS", "datasets")
-    return os.environ.get("MKD_DATASETS", os.path.join(detectron2_root, "mkd_digits"))
+def builtin_root(dataset="digits"):
+    """Where a built-in dataset lives: mkd_<dataset> under $MKD_DATASETS, else under
+    $DETECTRON2_DATASETS, else under ./datasets."""
+    parent = os.environ.get("MKD_DATASETS", os.environ.get("DETECTRON2_DATASETS", "datasets"))
+    return os.path.join(parent, f"mkd_{dataset}")
 
 
-def register_builtin(root=None):
-    """Register `mkd_digits_{train,val}` under `root` (default: `builtin_root()`).
+def register_builtin(root=None, dataset="digits"):
+    """Register `mkd_<dataset>_{train,val}` under `root` (default: `builtin_root(dataset)`),
+    and `mkd_<dataset>_sem_seg_{train,val}` for the datasets in `SEM_SEG_DATASETS`.
 
     Safe to call repeatedly; calling it with another root re-registers the names there.
     """
-    root = root or builtin_root()
-    for name, split in BUILTIN_DATASETS.items():
+    category_names = _generator(dataset).CATEGORY_NAMES
+    root = root or builtin_root(dataset)
+    for split in SPLITS:
+        name = f"mkd_{dataset}_{split}"
         json_file, image_root = split_paths(root, split)
         if name in DatasetCatalog.list():
             if MetadataCatalog.get(name).get("json_file") == json_file:
                 continue
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-        DatasetCatalog.register(name, _builtin_loader(name, root, json_file, image_root))
+        DatasetCatalog.register(name, _builtin_loader(name, dataset, root, json_file, image_root))
         MetadataCatalog.get(name).set(
             json_file=json_file,
             image_root=image_root,
             evaluator_type="coco",
-            thing_classes=list(CATEGORY_NAMES),
-            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(CATEGORY_NAMES))},
+            thing_classes=list(category_names),
+            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(category_names))},
             dataset_root=root,
         )
+    if dataset in SEM_SEG_DATASETS:
+        semantic.register_sem_seg(root, dataset, category_names,
+                                  functools.partial(ensure_builtin_dataset, root, dataset=dataset))
 
 
-def ensure_builtin_dataset(root=None, seed=0):
-    """Generate the default splits that are missing under `root`; a no-op when both exist."""
-    root = root or builtin_root()
-    for split, num_images in _DEFAULT_SPLIT_SIZES.items():
+def ensure_builtin_dataset(root=None, seed=0, dataset="digits"):
+    """Generate the default splits of `dataset` that are missing under `root`; a no-op when both
+    exist."""
+    generator = _generator(dataset)
+    root = root or builtin_root(dataset)
+    sizes = {"train": generator.DEFAULT_NUM_TRAIN, "val": generator.DEFAULT_NUM_VAL}
+    for split, num_images in sizes.items():
         json_file, image_root = split_paths(root, split)
-        if _split_exists(json_file, image_root):
+        if _split_exists(json_file, image_root, generator.GENERATOR_VERSION):
             continue
         check_writable(root)
         # Several processes (e.g. distributed ranks) may get here at once: one generates.
         with file_lock(json_file):
-            if _split_exists(json_file, image_root):
+            if _split_exists(json_file, image_root, generator.GENERATOR_VERSION):
                 continue
             logger.info(
                 "Built-in dataset split %r not found under %s; generating %d images (seed %d)",
@@ -80,7 +90,7 @@ def ensure_builtin_dataset(root=None, seed=0):
                 seed,
             )
             start = time.perf_counter()
-            generate_split(root, split, num_images, DEFAULT_IMAGE_SIZE, seed)
+            generator.generate_split(root, split, num_images, generator.DEFAULT_IMAGE_SIZE, seed)
             logger.info("Generated %s in %.1f s", json_file, time.perf_counter() - start)
 
 
@@ -100,39 +110,70 @@ def check_datasets_available(names):
             )
         metadata = MetadataCatalog.get(name)
         if name in BUILTIN_DATASETS:
-            ensure_builtin_dataset(metadata.get("dataset_root"))
+            dataset, split = BUILTIN_DATASETS[name]
+            ensure_builtin_dataset(metadata.get("dataset_root"), dataset=dataset)
+            if metadata.get("evaluator_type") == "sem_seg":
+                semantic.ensure_labels(metadata.get("dataset_root"), split)
             continue
-        expected = [metadata.get(key) for key in ("json_file", "image_root")]
+        # COCO-style (json_file, image_root), Cityscapes (image_dir, gt_dir), ADE20K and other
+        # load_sem_seg datasets (image_root, sem_seg_root)
+        expected = [metadata.get(key) for key in
+                    ("json_file", "image_root", "image_dir", "gt_dir", "sem_seg_root")]
         missing = [path for path in expected if path and not os.path.exists(path)]
         if missing:
             raise FileNotFoundError(_missing_files_message(name, missing))
 
 
-def _split_exists(json_file, image_root):
+def _generator(dataset):
+    try:
+        return GENERATORS[dataset]
+    except KeyError:
+        raise ValueError(
+            f"unknown built-in dataset {dataset!r}: use one of {', '.join(GENERATORS)}"
+        ) from None
+
+
+def _split_exists(json_file, image_root, generator_version):
     """True when the split is on disk and was written by this generator version."""
     if not (os.path.isfile(json_file) and os.path.isdir(image_root)):
         return False
     with open(json_file) as f:
         version = json.load(f).get("info", {}).get("version")
-    if version != GENERATOR_VERSION:
+    if version != generator_version:
         logger.warning(
             "%s was written by generator version %s, this is version %s: regenerating it",
             json_file,
             version,
-            GENERATOR_VERSION,
+            generator_version,
         )
         return False
     return True
 
 
-def _builtin_loader(name, root, json_file, image_root):
+def _builtin_loader(name, dataset, root, json_file, image_root):
     """DatasetCatalog loader that generates the split first if it is missing."""
 
     def load():
-        ensure_builtin_dataset(root)
+        ensure_builtin_dataset(root, dataset=dataset)
         return load_coco_json(json_file, image_root, name)
 
     return load
+
+
+# How Detectron2 expects the semantic segmentation datasets it registers, by name prefix.
+_LAYOUTS = {
+    "cityscapes": (
+        "; Cityscapes as $DETECTRON2_DATASETS/cityscapes/{leftImg8bit,gtFine}/{train,val}/<city>/"
+        " with *_leftImg8bit.png images and *_gtFine_{labelTrainIds,labelIds,instanceIds}.png + "
+        "*_gtFine_polygons.json labels (labelTrainIds from cityscapesscripts' "
+        "preparation/createTrainIdLabelImgs.py)"
+    ),
+    "ade20k": (
+        "; ADE20K as $DETECTRON2_DATASETS/ADEChallengeData2016/{images,annotations_detectron2}/"
+        "{training,validation}/ with .jpg images and .png labels (annotations_detectron2 is "
+        "written by Detectron2's datasets/prepare_ade20k_sem_seg.py from annotations/)"
+    ),
+}
 
 
 def _missing_files_message(name, missing):
@@ -142,9 +183,10 @@ def _missing_files_message(name, missing):
         f"dataset {name!r} is missing {' and '.join(repr(path) for path in missing)}. "
         "Detectron2 looks for its built-in datasets under $DETECTRON2_DATASETS "
         f"(currently {current}; it is read when detectron2.data is first imported), e.g. COCO as "
-        "$DETECTRON2_DATASETS/coco/{annotations/instances_train2017.json,train2017/,val2017/}. "
-        "Download the data there, or train on the built-in dataset instead (generated on first "
-        f"use under {builtin_root()!r}): use a config from configs/builtin/, or override "
-        "dataloader.train.dataset.names=mkd_digits_train "
-        "dataloader.test.dataset.names=mkd_digits_val"
+        "$DETECTRON2_DATASETS/coco/{annotations/instances_train2017.json,train2017/,val2017/}"
+        f"{_LAYOUTS.get(name.split('_')[0], '')}. Download the data there, or train on the "
+        "built-in dataset instead (generated on first "
+        f"use under {builtin_root('shapes')!r}): use a config from configs/shapes/ or "
+        "configs/builtin/, or override e.g. dataloader.train.dataset.names=mkd_digits_train "
+        "dataloader.test.dataset.names=mkd_digits_val (or mkd_shapes_{train,val})"
     )

@@ -9,6 +9,7 @@ is downloaded, so the dataset can be rebuilt anywhere from its seed (byte for by
 numpy / Pillow / scikit versions).
 """
 import functools
+import importlib
 import json
 import multiprocessing
 import os
@@ -18,7 +19,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from scipy import ndimage
+
+# scipy, scikit-learn and scikit-image (the `builtin` extra) are imported where an image is
+# generated (`optional_import`), not here: registering the datasets and training on generated
+# ones needs none of them.
 
 SPLITS = ("train", "val")
 CATEGORY_NAMES = [str(digit) for digit in range(10)]
@@ -110,14 +114,28 @@ def generate_split(root, split, num_images, image_size=DEFAULT_IMAGE_SIZE, seed=
     _check_count("num_images", num_images)
     _check_image_size(image_size)
     check_writable(root)
-    json_file, image_root = split_paths(root, split)
-    os.makedirs(image_root, exist_ok=True)
-    os.makedirs(os.path.dirname(json_file), exist_ok=True)
-
     # Load the sources before forking so that worker processes inherit them.
     _digit_pool(split)
     _photos()
-    write_image = functools.partial(_write_image, image_root, split, image_size, seed)
+    render = functools.partial(_render_digits_image, split, image_size, seed)
+    info = {"description": "MKD digits: scikit-learn digits on scikit-image photographs",
+            "version": GENERATOR_VERSION}
+    return write_coco_split(root, split, num_images, image_size, seed, workers, render, info,
+                            coco_categories())
+
+
+def write_coco_split(root, split, num_images, image_size, seed, workers, render, info,
+                     categories):
+    """Render `num_images` images with `render(index) -> (pixels, instances)`, in `workers`
+    processes, and write them as a COCO split; return the json file (written last and
+    atomically: its presence means the split is complete).
+
+    `instances` are (category_id, bbox xywh, polygons, area) tuples; `render` must be picklable.
+    """
+    json_file, image_root = split_paths(root, split)
+    os.makedirs(image_root, exist_ok=True)
+    os.makedirs(os.path.dirname(json_file), exist_ok=True)
+    write_image = functools.partial(_write_image, image_root, image_size, render)
     workers = min(workers or os.cpu_count() or 1, num_images)
     if multiprocessing.current_process().daemon:
         workers = 1  # daemonic processes (e.g. data-loader workers) may not start children
@@ -143,15 +161,10 @@ def generate_split(root, split, num_images, image_size=DEFAULT_IMAGE_SIZE, seed=
                 }
             )
     dataset = {
-        "info": {
-            "description": "MKD digits: scikit-learn digits on scikit-image photographs",
-            "split": split,
-            "seed": seed,
-            "version": GENERATOR_VERSION,
-        },
+        "info": {**info, "split": split, "seed": seed},
         "licenses": [],
         "images": images,
-        "categories": coco_categories(),
+        "categories": categories,
         "annotations": annotations,
     }
     _write_json_atomically(dataset, json_file)
@@ -185,6 +198,7 @@ def mask_to_polygons(mask, origin=(0, 0)):
     an instance's polygons, so a hole cannot be a polygon of its own: it is spliced into its
     component's outline through a zero-width slit, which pycocotools' even-odd fill leaves empty.
     """
+    ndimage = optional_import("scipy.ndimage")
     padded = np.pad(mask, 1)
     components, _ = ndimage.label(padded, structure=np.ones((3, 3)))
     contours_by_component = defaultdict(list)
@@ -208,6 +222,18 @@ def mask_to_polygons(mask, origin=(0, 0)):
     return polygons
 
 
+def optional_import(name):
+    """Import a module of the `builtin` extra, or say how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise ImportError(
+            f"generating the built-in datasets needs {name.split('.')[0]} ({err}): install the "
+            "extra with pip install -e '.[builtin]' (or pip install scipy scikit-learn "
+            "scikit-image), or generate the data elsewhere and copy it under $MKD_DATASETS"
+        ) from err
+
+
 def _check_count(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -225,10 +251,9 @@ def _check_image_size(image_size):
         )
 
 
-def _write_image(image_root, split, image_size, seed, index):
+def _write_image(image_root, image_size, render, index):
     """Render and save image `index`; return its COCO image record and its instances."""
-    rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    pixels, instances = _render_image(rng, image_size, *_digit_pool(split))
+    pixels, instances = render(index)
     image = {
         "id": index + 1,
         "file_name": f"{index + 1:06d}.jpg",
@@ -239,6 +264,12 @@ def _write_image(image_root, split, image_size, seed, index):
         os.path.join(image_root, image["file_name"]), quality=JPEG_QUALITY, subsampling=0
     )
     return image, instances
+
+
+def _render_digits_image(split, image_size, seed, index):
+    """Image `index` of a split, from its own random stream keyed by (seed, split, index)."""
+    rng = np.random.default_rng([seed, SPLITS.index(split), index])
+    return _render_image(rng, image_size, *_digit_pool(split))
 
 
 def _write_json_atomically(data, path):
@@ -252,11 +283,10 @@ def _write_json_atomically(data, path):
 @functools.lru_cache(maxsize=None)
 def _photos():
     """Background photographs as RGB PIL images, loaded once per process."""
-    import skimage.data
-
+    skimage_data = optional_import("skimage.data")
     photos = []
     for loader in _PHOTO_LOADERS:
-        photo = np.asarray(getattr(skimage.data, loader)())
+        photo = np.asarray(getattr(skimage_data, loader)())
         if photo.ndim == 2:
             photo = np.repeat(photo[:, :, None], 3, axis=2)
         photos.append(Image.fromarray(np.ascontiguousarray(photo[:, :, :3])))
@@ -266,9 +296,7 @@ def _photos():
 @functools.lru_cache(maxsize=None)
 def _digit_pool(split):
     """8x8 digits scaled to [0, 1] and their labels; train and val use disjoint samples."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    digits = optional_import("sklearn.datasets").load_digits()
     boundary = int(len(digits.target) * _TRAIN_DIGIT_FRACTION)
     selection = slice(0, boundary) if split == "train" else slice(boundary, None)
     return digits.images[selection].astype(np.float32) / 16.0, digits.target[selection]
@@ -462,6 +490,7 @@ def _render_image(rng, image_size, digits, labels):
 def _annotations(label_map, categories, full_areas, visible_areas):
     """Instances that stay at least MIN_VISIBLE_FRACTION visible, described by their visible
     part: tight bbox (xywh), polygons and area (pixel count, which the polygons reproduce)."""
+    ndimage = optional_import("scipy.ndimage")
     instances = []
     for index, box in enumerate(ndimage.find_objects(label_map, max_label=len(categories))):
         if box is None or visible_areas[index] < MIN_VISIBLE_FRACTION * full_areas[index]:
