@@ -124,13 +124,13 @@ def _frozen_norm_statistics(module: nn.Module):
 
 @META_ARCH_REGISTRY.register()
 class MKD(nn.Module):
-    """Masked Knowledge Distillation around any two Detectron2 FPN detectors.
+    """Masked Knowledge Distillation around any two Detectron2 FPN models.
 
     ``teacher`` and ``student`` are ordinary Detectron2 models with an FPN-style ``backbone``
-    (RetinaNet, FCOS, GeneralizedRCNN with any ROI heads, ViTDet, ...). The teacher is frozen,
-    always in eval mode, and kept out of this module's parameters, ``state_dict``, optimizer
-    and DDP. With a distiller that does not mask the student (feature mimicking, FGD, MGD) this
-    is plain feature distillation on the same machinery.
+    (RetinaNet, FCOS, GeneralizedRCNN with any ROI heads, SemanticSegmentor, ViTDet). The
+    teacher is frozen, always in eval mode, and kept out of this module's parameters,
+    ``state_dict``, optimizer and DDP. With a distiller that does not mask the student (feature
+    mimicking, FGD, MGD) this is plain feature distillation on the same machinery.
     """
 
     @configurable

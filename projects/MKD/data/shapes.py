@@ -18,6 +18,7 @@ from .synthetic import (
     _check_count,
     _check_image_size,
     check_writable,
+    generate_splits,
     mask_to_polygons,
     write_coco_split,
 )
@@ -77,14 +78,7 @@ def generate_dataset(
     workers=None,
 ):
     """Generate both splits from one seed (val draws its own streams); returns {split: json}."""
-    _check_count("num_train", num_train)
-    _check_count("num_val", num_val)
-    _check_image_size(image_size)
-    check_writable(root)
-    return {
-        split: generate_split(root, split, count, image_size, seed, workers)
-        for split, count in (("train", num_train), ("val", num_val))
-    }
+    return generate_splits(generate_split, root, seed, num_train, num_val, image_size, workers)
 
 
 def _render_shapes_image(split, image_size, seed, index):

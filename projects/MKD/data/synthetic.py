@@ -180,6 +180,11 @@ def generate_dataset(
     workers=None,
 ):
     """Generate both splits from one seed (val draws its own streams); returns {split: json}."""
+    return generate_splits(generate_split, root, seed, num_train, num_val, image_size, workers)
+
+
+def generate_splits(generate_split, root, seed, num_train, num_val, image_size, workers):
+    """Both splits of a built-in dataset with its ``generate_split``, arguments checked first."""
     _check_count("num_train", num_train)
     _check_count("num_val", num_val)
     _check_image_size(image_size)
