@@ -133,7 +133,7 @@ def mkd_train_setup(tmp_path, init_checkpoint, teacher):
     return train_net_setup(MKD_CONFIG, tmp_path, [
         f"model.teacher_weights={teacher}", f"train.init_checkpoint={init_checkpoint}",
         "model.distiller.decoder.width=32", "train.max_iter=1", "optimizer.lr=0",
-        "dataloader.train.total_batch_size=1", "dataloader.evaluator=null",
+        "dataloader.train.total_batch_size=2", "dataloader.evaluator=null",
     ])
 
 
@@ -168,3 +168,13 @@ def test_train_init_checkpoint_of_an_mkd_model_is_loaded(tiny_digits, tmp_path, 
     loaded = dict(trainer.model.student.named_parameters())
     for name, value in saved.student.named_parameters():
         assert torch.equal(loaded[name], value), name
+
+
+def test_a_missing_init_checkpoint_of_a_plain_detector_names_the_commands(tiny_digits, tmp_path):
+    """Detectron2 alone would only assert "Checkpoint ... not found!"."""
+    args, cfg = train_net_setup(REPO / "configs/builtin/retinanet_R18_scratch.py", tmp_path, [
+        f"train.init_checkpoint={tmp_path / 'pretrained.pth'}", "dataloader.evaluator=null"])
+    with pytest.raises(FileNotFoundError, match=r"initial weights not found: .*pretrained\.pth.*"
+                                                r"tools/pretrain_backbone\.py.*train\.init_checkpoint"):
+        train_net.do_train(args, cfg)
+    assert not (tmp_path / "last_checkpoint").exists()  # nothing written on the way

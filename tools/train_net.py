@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 
 from mkd import MKD, load_verified_weights
 from mkd.data import check_datasets_available
+from mkd.weights import check_weights_file
 
 logger = logging.getLogger("detectron2")
 
@@ -119,6 +120,8 @@ def do_train(args, cfg):
             required_prefix="student.", setting="train.init_checkpoint", fix=MKD_CHECKPOINT_FIX,
         )
     else:
+        if cfg.train.init_checkpoint and not resuming:
+            check_weights_file(cfg.train.init_checkpoint, "initial", "train.init_checkpoint")
         checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     # The checkpoint stores the iteration that just finished: continue with the next one.
     start_iter = trainer.iter + 1 if resuming else 0

@@ -13,7 +13,9 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 from torch import nn
 
-__all__ = ["load_verified_weights", "copy_matching_weights", "student_state_dict"]
+__all__ = [
+    "check_weights_file", "load_verified_weights", "copy_matching_weights", "student_state_dict",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,18 @@ class _RecordingCheckpointer(DetectionCheckpointer):
         return self.incompatible
 
 
+def check_weights_file(path: str, role: str, setting: str) -> None:
+    """Raises with the commands that produce the file when ``path`` does not exist (Detectron2's
+    checkpointer would only assert "Checkpoint not found")."""
+    if not os.path.isfile(PathManager.get_local_path(path)):
+        raise FileNotFoundError(
+            f"{role} weights not found: {path}. Produce them first: a trained model with "
+            "tools/train_net.py and its own config; a backbone pretrained on the built-in data "
+            "(output/pretrained/) with tools/pretrain_backbone.py --config-file <the config>. "
+            f"Or point {setting} at an existing checkpoint."
+        )
+
+
 def load_verified_weights(
     model: nn.Module, path: str, role: str = "teacher", required_prefix: str = "",
     setting: str = "", fix: str = "",
@@ -49,11 +63,7 @@ def load_verified_weights(
             f"No {role} weights configured: set {setting} to a Detectron2 .pkl/.pth "
             f"(e.g. {setting}=/path/to/model_final.pth)."
         )
-    if not os.path.isfile(PathManager.get_local_path(path)):
-        raise FileNotFoundError(
-            f"{role} weights not found: {path}. Train that model first (tools/train_net.py with "
-            f"its own config) or point {setting} at an existing checkpoint."
-        )
+    check_weights_file(path, role, setting)
     checkpointer = _RecordingCheckpointer(model)
     checkpointer.load(path, checkpointables=[])
     incompatible = checkpointer.incompatible
