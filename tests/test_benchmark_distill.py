@@ -91,15 +91,18 @@ def _weight(run, key):
     return OmegaConf.select(runs.load_config(run.config_file, run.overrides), key)
 
 
-def test_tuning_chooses_on_tuning_seeds_only_and_the_table_uses_its_factors(tmp_path):
+def test_tuning_chooses_on_tuning_seeds_only_and_the_table_uses_its_factors(tmp_path,
+                                                                             monkeypatch):
     """--tune then the table, on made-up finished runs (the cache: nothing trains)."""
     common = ["--output-dir", str(tmp_path), "--teacher-cache", str(tmp_path / "teachers"),
               "--methods", "none", "mimic", "mkd", "--seeds", "0", "1", "2"]
     args = bench.parse_args(common)
-    teacher = runs.teacher_run(args.teacher_cache,
+    bottom_up = str(tmp_path / "pretrained" / "model_final.pth")  # made up: nothing loads it
+    monkeypatch.setattr(bench, "pretrained_bottom_up", lambda args: bottom_up)
+    teacher = runs.teacher_run(args.teacher_cache, bench.start_from(bottom_up, distilled=False),
                                config_file=runs.config_path("teacher", "shapes"))
     _fake_run(teacher, 40.0)
-    grid = bench.student_runs(args, bench.tuning_rows(args), teacher, [], [])
+    grid = bench.student_runs(args, bench.tuning_rows(args), teacher, [], [], bottom_up)
     assert sorted(grid) == [f"{m} x{f:g}" for m in ("mimic", "mkd") for f in (0.3, 1, 3)]
     # Made-up AP: mimic is best at x3; MKD at x0.3 by its mean, though x1 has the best seed.
     made_up = {"mimic x0.3": [20, 20], "mimic x1": [21, 21], "mimic x3": [22, 23],
@@ -116,8 +119,8 @@ def test_tuning_chooses_on_tuning_seeds_only_and_the_table_uses_its_factors(tmp_
     assert tuned["tuning_seeds"] == [100, 101]
 
     factors = bench.load_factors(args, teacher)
-    table = bench.student_runs(args, bench.table_rows(args, factors), teacher, [], [])
-    base = bench.student_runs(args, bench.table_rows(args, {}), teacher, [], [])
+    table = bench.student_runs(args, bench.table_rows(args, factors), teacher, [], [], bottom_up)
+    base = bench.student_runs(args, bench.table_rows(args, {}), teacher, [], [], bottom_up)
     assert _weight(table["mimic"][0], "model.distiller.weight") == pytest.approx(
         3 * _weight(base["mimic"][0], "model.distiller.weight"))
     for key in bench.LOSS_WEIGHTS["mkd"]:
@@ -133,6 +136,26 @@ def test_tuning_chooses_on_tuning_seeds_only_and_the_table_uses_its_factors(tmp_
 
     with pytest.raises(SystemExit, match=r"seeds \[100\] chose the weights"):
         bench.main(common[:-3] + ["100", "1"])
+
+
+def test_shapes_runs_start_from_the_given_pretrained_checkpoint_digits_runs_pretrain_nothing(
+        tmp_path):
+    """The none row loads it as train.init_checkpoint, a distilled row as its student's weights
+    (the same keys the configs use); its path is in the run's config hash."""
+    args = bench.parse_args(["--methods", "none", "mkd", "--seeds", "0",
+                             "--output-dir", str(tmp_path)])
+    teacher = runs.Run("teacher", "unused", str(tmp_path / "teacher"))
+
+    def plan(bottom_up):
+        return bench.student_runs(args, bench.table_rows(args, {}), teacher, [], [], bottom_up)
+
+    first, other = plan("/a/model_final.pth"), plan("/b/model_final.pth")
+    assert _weight(first["none"][0], "train.init_checkpoint") == "/a/model_final.pth"
+    assert _weight(first["mkd"][0], "model.student_weights") == "/a/model_final.pth"
+    assert _weight(first["mkd"][0], "train.init_checkpoint") == ""
+    for name in ("none", "mkd"):
+        assert first[name][0].output_dir != other[name][0].output_dir
+    assert bench.pretrained_bottom_up(bench.parse_args(["--pair", "digits"])) == ""
 
 
 def test_table_without_tuning_uses_calibrated_weights_and_warns(tmp_path, capsys):
@@ -188,6 +211,7 @@ def test_every_distilled_shapes_config_is_one_machinery_on_the_student_schedule(
     """mimic, FGD, MGD and MKD differ only in their distiller (and masker): same teacher,
     student, data, optimizer and schedule as the undistilled student."""
     student = _shapes_config("student")
+    assert student.train.init_checkpoint == _shapes_config("teacher").train.init_checkpoint
     reference = None
     for name in ("mkd", "mimic", "fgd", "fgd_recipe", "mgd"):
         cfg = _shapes_config(name)
@@ -197,11 +221,14 @@ def test_every_distilled_shapes_config_is_one_machinery_on_the_student_schedule(
             assert OmegaConf.to_yaml(cfg[part]) == OmegaConf.to_yaml(student[part]), (name, part)
         train = OmegaConf.to_container(cfg.train)
         assert train.pop("output_dir") == f"./output/shapes/{name}"
+        # The student's pretrained bottom-up, as its weights (init_checkpoint: MKD checkpoints).
+        assert cfg.model.student_weights == student.train.init_checkpoint, name
+        assert train.pop("init_checkpoint") == "", name
         del cfg.model.distiller, cfg.model.masker, cfg.model.init_student_from_teacher
         reference = reference or cfg.model
         assert cfg.model == reference, name
         assert train == {k: v for k, v in OmegaConf.to_container(student.train).items()
-                         if k != "output_dir"}, name
+                         if k not in ("output_dir", "init_checkpoint")}, name
 
 
 def _tiny_mkd(tmp_path, **kwargs):

@@ -205,7 +205,6 @@ KEEP_ALL_BOXES = {
     "RetinaNet": "model.student.test_score_thresh=0.0",
     "GeneralizedRCNN": "model.student.roi_heads.box_predictor.test_score_thresh=0.0",
 }
-END_TO_END = ["retinanet_R50_to_R18_mkd_2x", "mask_rcnn_R101_to_R50_mkd_2x"]
 
 
 @pytest.fixture(scope="module")
@@ -237,9 +236,8 @@ def copypaste_results(log):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", END_TO_END)
-def test_train_net_trains_then_evaluates_on_coco_layout(name, coco_root, weight_files, tmp_path):
-    config = REPO / "configs" / "coco" / f"{name}.py"
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda path: path.stem)
+def test_train_net_trains_then_evaluates_on_coco_layout(config, coco_root, weight_files, tmp_path):
     cfg = LazyConfig.load(str(config))
     provide_weights(cfg, weight_files)
     env = dict(os.environ, DETECTRON2_DATASETS=str(coco_root), OMP_NUM_THREADS="1",

@@ -27,6 +27,11 @@ initialisation (trained teacher, N batches, no update), with the factor on the m
 weights that gives it MKD's initial distillation-to-task ratio (the calibrated weights x1 should
 show factor 1).
 
+A pair with ``pretrained=True`` (shapes) starts the teacher and every student from the
+bottom-up of ``tools/pretrain_backbone.py`` (trained before the teacher on the first command,
+then found in its cache); runs name its hashed checkpoint, not the fixed link the configs
+default to, so a change of the pretraining settings is a new teacher and new runs.
+
 ``--smoke`` runs any mode for a few iterations on a few generated images (for tests).
 """
 import argparse
@@ -49,12 +54,13 @@ class Pair:
     methods: Dict[str, str]  # row -> config name
     teacher_iter: Optional[int] = None  # None: the config's own schedule
     student_iter: Optional[int] = None
+    pretrained: bool = False  # every run starts from tools/pretrain_backbone.py's bottom-up
 
 
 PAIRS = {
     "shapes": Pair("shapes", "shapes", "teacher", {
         "none": "student", "mimic": "mimic", "fgd": "fgd", "fgd_recipe": "fgd_recipe",
-        "mgd": "mgd", "mkd": "mkd"}),
+        "mgd": "mgd", "mkd": "mkd"}, pretrained=True),
     "digits": Pair("digits", "builtin", "retinanet_R50_scratch", {
         "none": "retinanet_R18_scratch", "mimic": "retinanet_R50_to_R18_mimic",
         "fgd": "retinanet_R50_to_R18_fgd", "mgd": "retinanet_R50_to_R18_mgd",
@@ -92,6 +98,7 @@ _FGD_SMOKE = ["model.distiller.alpha_fg=1e-9", "model.distiller.beta_bg=1e-9",
               "model.distiller.gamma_attention=1e-9", "model.distiller.lambda_global=1e-9"]
 SMOKE_OVERRIDES = {"fgd": _FGD_SMOKE, "fgd_recipe": _FGD_SMOKE,
                    "mgd": ["model.distiller.alpha=1e-9"]}
+SMOKE_PRETRAINING = dict(iters=2, batch_size=4, crop_size=32)  # tools/pretrain_backbone.Settings
 TASK_LOSSES = ("loss_cls", "loss_box_reg")
 PROBE_COLUMNS = ["method", "task loss", "distillation loss", "ratio", "factor to MKD's ratio"]
 COLUMNS = ["method", "weights", "seeds", "AP", "AP std", "AP - none", "SE of diff", "AP50",
@@ -185,14 +192,42 @@ def ablation_rows(args, factors: Dict[str, float]) -> List[Row]:
         for name in args.ablations]
 
 
-def student_runs(args, rows: Sequence[Row], teacher, schedule, student_score):
+def pretrained_bottom_up(args) -> str:
+    """The checkpoint of ``tools/pretrain_backbone.py`` for the pair's student (trained now if
+    not in its cache; ``--smoke``: a tiny one in ``--output-dir``), ``""`` for a pair without."""
+    if not PAIRS[args.pair].pretrained:
+        return ""
+    import pretrain_backbone
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(name="mkd.pretrain")  # its progress: minutes on a first command
+    settings = pretrain_backbone.Settings(**SMOKE_PRETRAINING if args.smoke else {})
+    root = (os.path.join(args.output_dir, "pretrained") if args.smoke
+            else os.path.abspath(pretrain_backbone.DEFAULT_OUTPUT_ROOT))
+    print(f"[benchmark] the pretrained bottom-up (tools/pretrain_backbone.py) in {root}",
+          flush=True)
+    return pretrain_backbone.pretrain(config_file(args, "none"), settings, root)
+
+
+def start_from(bottom_up: str, distilled: bool) -> List[str]:
+    """Overrides starting a run from the pretrained ``bottom_up`` (none for ``""``): a plain
+    detector loads it as ``train.init_checkpoint``, a distilled one as its student's weights."""
+    if not bottom_up:
+        return []
+    return [f"model.student_weights={bottom_up}" if distilled
+            else f"train.init_checkpoint={bottom_up}"]
+
+
+def student_runs(args, rows: Sequence[Row], teacher, schedule, student_score, bottom_up=""):
     """One run per (row, seed) in ``<output-dir>/<method>/seed<seed>-<config hash>``: a run
-    with the same config is the same directory, whichever row or command asks for it."""
+    with the same config is the same directory, whichever row or command asks for it.
+    ``bottom_up``: the pretrained checkpoint every student starts from (``""``: the configs')."""
     planned = {}
     for row in rows:
         config = config_file(args, row.method)
         for seed in row.seeds:
             overrides = list(schedule) + [f"train.seed={seed}"]
+            overrides += start_from(bottom_up, distilled=row.method != "none")
             if row.method == "none":
                 overrides += student_score
             else:
@@ -420,8 +455,10 @@ def main(argv=None):
     def schedule(iterations):  # None: the config's own schedule
         return runs.schedule(iterations, evaluations) if iterations else []
 
+    bottom_up = pretrained_bottom_up(args)
     teacher = runs.teacher_run(args.teacher_cache,
-                               schedule(args.teacher_iter) + extra + student_score,
+                               schedule(args.teacher_iter) + extra + student_score
+                               + start_from(bottom_up, distilled=False),
                                config_file=runs.config_path(pair.teacher, pair.folder))
     if teacher.finished:
         print(f"[benchmark] reusing the cached teacher {teacher.output_dir}", flush=True)
@@ -438,7 +475,7 @@ def main(argv=None):
         factors = load_factors(args, teacher)
         rows = ablation_rows(args, factors) if args.ablations else table_rows(args, factors)
     planned = student_runs(args, rows, teacher, schedule(args.student_iter) + extra,
-                           student_score)
+                           student_score, bottom_up)
     if args.probe:
         table = probe(args, planned)
         text = runs.format_table(table, PROBE_COLUMNS)

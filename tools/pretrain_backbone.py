@@ -88,7 +88,7 @@ def cache_key(cfg, settings: Settings) -> str:
     content = [OmegaConf.to_container(cfg.model.backbone.bottom_up, resolve=False),
                list(cfg.model.pixel_mean), list(cfg.model.pixel_std), input_format(cfg),
                names, versions, asdict(settings)]
-    text = json.dumps(content, sort_keys=True, default=runs._qualified_name)
+    text = json.dumps(content, sort_keys=True, default=runs.qualified_name)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -51,11 +51,12 @@ def config_hash(config_file: str, overrides: Sequence[str]) -> str:
                 for key, _ in (BUILTIN_DATASETS[n] for n in names if n in BUILTIN_DATASETS)}
     # Targets by name, not repr: a function's repr holds its address, which changes per process.
     content = json.dumps([OmegaConf.to_container(cfg, resolve=False), versions],
-                         sort_keys=True, default=_qualified_name)
+                         sort_keys=True, default=qualified_name)
     return hashlib.sha256(content.encode()).hexdigest()[:12]
 
 
-def _qualified_name(obj) -> str:
+def qualified_name(obj) -> str:
+    """A function's or class's name for hashing: stable across processes, unlike its repr."""
     return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
