@@ -56,4 +56,6 @@ def test_smoke_benchmark_reports_every_row(tmp_path):
     # Differences of measurements: finite, but noise may push them below zero.
     assert math.isfinite(parts["masking"]) and math.isfinite(parts["rest"])
     ratios = results["ratios"]
-    assert all(math.isfinite(v) and v > 0 for v in ratios.values())
+    assert ratios["mkd_over_student"] > 0 and ratios["target_share"] > 0
+    # The share sums differences of measurements (masking): noise may bring it to zero or below.
+    assert all(math.isfinite(v) for v in ratios.values())
