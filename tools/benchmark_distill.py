@@ -480,6 +480,7 @@ def main(argv=None):
         table = probe(args, planned)
         text = runs.format_table(table, PROBE_COLUMNS)
         print(text, flush=True)
+        os.makedirs(args.output_dir, exist_ok=True)
         with open(os.path.join(args.output_dir, "probe.md"), "a") as f:
             f.write(f"{args.pair} {' '.join(args.overrides)}\n{text}\n\n")
         return table
