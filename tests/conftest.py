@@ -1,5 +1,6 @@
 """Shared fixtures: tools/train_net.py as a module, and the built-in dataset on a few images."""
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,17 @@ train_net = load_tool("train_net")
 
 #: Overrides that make any built-in config train for 3 quick iterations.
 QUICK = ["train.max_iter=3", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0"]
+
+
+def read_tree(root):
+    """{relative path: bytes} of every file under root (to compare generated datasets)."""
+    files = {}
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, root)] = f.read()
+    return files
 
 
 def train_net_setup(config, output_dir, overrides, resume=False, eval_only=False):

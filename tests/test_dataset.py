@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+from conftest import read_tree
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from pycocotools.coco import COCO
@@ -28,17 +29,6 @@ from mkd.data import (
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(num_train=8, num_val=4, image_size=128)
-
-
-def read_tree(root):
-    """{relative path: bytes} of every file under root."""
-    files = {}
-    for directory, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, root)] = f.read()
-    return files
 
 
 def load_json(path):

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
-from conftest import REPO
+from conftest import REPO, read_tree
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from pycocotools.coco import COCO
@@ -17,16 +17,6 @@ from mkd.data import register_builtin, shapes, split_paths
 from mkd.data.shapes import CATEGORY_NAMES, generate_dataset, generate_split
 
 TINY = dict(num_train=6, num_val=3, image_size=96)
-
-
-def read_tree(root):
-    files = {}
-    for directory, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, root)] = f.read()
-    return files
 
 
 @pytest.fixture(scope="module")

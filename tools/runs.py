@@ -17,6 +17,7 @@ from detectron2.config import LazyConfig
 from omegaconf import OmegaConf
 
 from mkd.data import BUILTIN_DATASETS, GENERATORS
+from train_net import dataset_names  # tools/: this script's directory is on sys.path
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TOOLS)
@@ -44,11 +45,9 @@ def config_hash(config_file: str, overrides: Sequence[str]) -> str:
     cfg.train.output_dir = ""
     # The generator versions of the built-in datasets it reads: a cached run on older data is
     # not a valid cache.
-    names = [OmegaConf.select(cfg, f"dataloader.{split}.dataset.names", default=None)
-             for split in ("train", "test")]
-    names = [n for value in names if value for n in ([value] if isinstance(value, str) else value)]
     versions = {key: GENERATORS[key].GENERATOR_VERSION
-                for key, _ in (BUILTIN_DATASETS[n] for n in names if n in BUILTIN_DATASETS)}
+                for key, _ in (BUILTIN_DATASETS[n] for n in dataset_names(cfg)
+                               if n in BUILTIN_DATASETS)}
     # Targets by name, not repr: a function's repr holds its address, which changes per process.
     content = json.dumps([OmegaConf.to_container(cfg, resolve=False), versions],
                          sort_keys=True, default=qualified_name)
