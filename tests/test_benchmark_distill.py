@@ -3,14 +3,17 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import load_tool
-from detectron2.config import LazyConfig
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import MetadataCatalog
 from detectron2.engine import hooks
 from detectron2.utils.events import EventStorage
 from omegaconf import OmegaConf
+from PIL import Image
 from torch import nn
 
 import tiny
@@ -62,13 +65,13 @@ def test_verdicts_say_met_or_by_how_much_missed():
              {"method": "mkd", "AP": 25.0, "AP - none": 5.0, "SE of diff": 3.0,
               "gap closed": 0.25},
              {"method": "teacher", "AP": 40.0}]
-    lines = bench.verdicts(table)
+    lines = bench.verdicts(table, "AP")
     assert lines[0] == "MKD - none >= 2 SE: missed (+5.00 AP, 2 SE = 6.00, short by 1.00 AP)"
     assert lines[1] == ("MKD >= best of fgd/fgd_recipe: missed (MKD 25.00, fgd_recipe 26.00, "
                         "-1.00 AP)")
     assert lines[2] == "MKD closes >= 30% of the gap: missed (25.0%, short by 5.0 points)"
     table[3].update({"AP": 27.0, "AP - none": 7.0, "gap closed": 0.35})
-    assert [line.split(":")[1].split()[0] for line in bench.verdicts(table)] == ["met"] * 3
+    assert [line.split(":")[1].split()[0] for line in bench.verdicts(table, "AP")] == ["met"] * 3
 
 
 def test_choose_factors_takes_the_best_mean_and_prefers_x1_on_ties():
@@ -77,12 +80,14 @@ def test_choose_factors_takes_the_best_mean_and_prefers_x1_on_ties():
     assert chosen == {"mimic": 3.0, "mkd": 1.0}
 
 
-def _fake_run(run, ap, iteration=5):
-    """A finished run as train_net.py leaves it: model_final.pth and metrics.json."""
+def _fake_run(run, score, iteration=5, time=0.5):
+    """A finished run as train_net.py leaves it: model_final.pth and metrics.json, every metric
+    of its task at ``score``."""
     os.makedirs(run.output_dir, exist_ok=True)
     open(os.path.join(run.output_dir, "model_final.pth"), "w").close()
-    metrics = [{"iteration": iteration - 1, "total_loss": 1.0, "time": 0.5},
-               {"iteration": iteration, **{f"bbox/{k}": ap for k in runs.METRICS}}]
+    metrics = [{"iteration": iteration - 1, "total_loss": 1.0, "time": time},
+               {"iteration": iteration,
+                **{f"{run.task}/{k}": score for k in runs.TASK_METRICS[run.task]}}]
     with open(os.path.join(run.output_dir, "metrics.json"), "w") as f:
         f.write("\n".join(json.dumps(m) for m in metrics))
 
@@ -138,6 +143,62 @@ def test_tuning_chooses_on_tuning_seeds_only_and_the_table_uses_its_factors(tmp_
         bench.main(common[:-3] + ["100", "1"])
 
 
+class _ScriptRun(runs.Run):
+    """A run whose command is a Python one-liner instead of train_net.py."""
+    script: str = ""
+
+    @property
+    def command(self):
+        return [sys.executable, "-c", self.script]
+
+
+def test_a_run_stopped_by_a_non_finite_loss_is_a_diverged_result_other_failures_raise(tmp_path):
+    nan = _ScriptRun("x3 seed 100", "", str(tmp_path / "nan"))
+    nan.script = "raise FloatingPointError('Loss became infinite or NaN at iteration=64!')"
+    runs.launch([nan])
+    assert nan.diverged and nan.finished and nan.final_score() == 0.0
+    assert "iteration=64" in (tmp_path / "nan" / runs.DIVERGED).read_text()
+
+    broken = _ScriptRun("broken", "", str(tmp_path / "broken"))
+    broken.script = "raise KeyError('model.distiller.wieght')"
+    with pytest.raises(RuntimeError, match="broken failed"):
+        runs.launch([broken])
+    assert not broken.diverged and not broken.finished
+
+
+def test_tuning_never_chooses_a_factor_that_diverged_and_the_table_counts_it(tmp_path,
+                                                                            monkeypatch):
+    common = ["--output-dir", str(tmp_path), "--teacher-cache", str(tmp_path / "teachers"),
+              "--methods", "none", "mimic", "--seeds", "0", "1", "--tune-seeds", "100"]
+    args = bench.parse_args(common)
+    bottom_up = str(tmp_path / "pretrained" / "model_final.pth")
+    monkeypatch.setattr(bench, "pretrained_bottom_up", lambda args: bottom_up)
+    teacher = runs.teacher_run(args.teacher_cache, bench.start_from(bottom_up, distilled=False),
+                               config_file=runs.config_path("teacher", "shapes"))
+    _fake_run(teacher, 40.0)
+    grid = bench.student_runs(args, bench.tuning_rows(args), teacher, [], [], bottom_up)
+    for name, ap in {"mimic x0.3": 20.0, "mimic x1": 25.0}.items():
+        _fake_run(grid[name][0], ap)
+    diverged = grid["mimic x3"][0]
+    os.makedirs(diverged.output_dir)
+    (Path(diverged.output_dir) / runs.DIVERGED).write_text("FloatingPointError: ...")
+    tuning = {r["method"]: r for r in bench.main(common + ["--tune"])}
+    assert json.loads((tmp_path / bench.TUNING_FILE).read_text())["factors"] == {"mimic": 1.0}
+    assert (tuning["mimic x3"]["diverged"], tuning["mimic x3"]["AP"]) == (1, 0.0)
+
+    table = bench.student_runs(args, bench.table_rows(args, {"mimic": 1.0}), teacher, [], [],
+                               bottom_up)
+    for run, ap in zip(table["none"], (20.0, 22.0)):
+        _fake_run(run, ap)
+    _fake_run(table["mimic"][0], 30.0)
+    os.makedirs(table["mimic"][1].output_dir)
+    (Path(table["mimic"][1].output_dir) / runs.DIVERGED).write_text("FloatingPointError: ...")
+    rows = {r["method"]: r for r in bench.main(common)}
+    assert (rows["mimic"]["seeds"], rows["mimic"]["diverged"]) == (2, 1)
+    assert rows["mimic"]["AP"] == pytest.approx(15.0)  # the diverged seed counts as 0 AP
+    assert rows["mimic"]["AP50"] == pytest.approx(30.0)  # the others: finished seeds only
+
+
 def test_shapes_runs_start_from_the_given_pretrained_checkpoint_digits_runs_pretrain_nothing(
         tmp_path):
     """The none row loads it as train.init_checkpoint, a distilled row as its student's weights
@@ -156,6 +217,120 @@ def test_shapes_runs_start_from_the_given_pretrained_checkpoint_digits_runs_pret
     for name in ("none", "mkd"):
         assert first[name][0].output_dir != other[name][0].output_dir
     assert bench.pretrained_bottom_up(bench.parse_args(["--pair", "digits"])) == ""
+
+
+def test_task_picks_its_default_pair_and_a_pair_implies_its_task():
+    default = bench.parse_args([])
+    assert (default.task, default.pair, default.pretrained) == ("detection", "shapes", True)
+    assert default.methods == bench.METHODS
+    assert bench.parse_args(["--pair", "digits"]).task == "detection"
+    seg = bench.parse_args(["--task", "sem_seg"])
+    assert (seg.pair, seg.pretrained) == ("shapes_seg", False)
+    assert seg.methods == ["none", "mimic", "mgd", "mkd"]  # FGD needs boxes
+    assert seg.output_dir.endswith(os.path.join("benchmark_distill", "shapes_seg"))
+    assert bench.parse_args(["--pair", "shapes_seg"]).task == "sem_seg"
+
+
+def test_a_pair_of_another_task_or_a_method_it_lacks_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--task", "sem_seg", "--pair", "digits"])
+    assert ("the digits pair is a detection pair, not sem_seg: drop --task, or choose a sem_seg "
+            "pair (shapes_seg)") in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--task", "sem_seg", "--methods", "none", "fgd"])
+    assert ("the shapes_seg pair has no config for ['fgd']: choose among ['none', 'mimic', "
+            "'mgd', 'mkd']") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, pretrained, folder", [
+    (["--task", "sem_seg"], False, "shapes_seg"),
+    (["--task", "sem_seg", "--pretrained"], True, "shapes_seg_pretrained"),
+    (["--task", "sem_seg", "--no-pretrained"], False, "shapes_seg"),
+    (["--no-pretrained"], False, "shapes_scratch"),
+    (["--pretrained"], True, "shapes"),
+])
+def test_pretrained_departing_from_the_pair_gets_its_own_output_dir(argv, pretrained, folder):
+    """Both variants cache by config hash anyway; their tables and tuned weights must not
+    overwrite each other's."""
+    args = bench.parse_args(argv)
+    assert args.pretrained is pretrained
+    assert os.path.basename(args.output_dir) == folder
+
+
+def _bottom_up_shapes(config):
+    model = LazyConfig.load(config).model
+    return {k: v.shape for k, v in instantiate(model.backbone.bottom_up).state_dict().items()}
+
+
+def test_segmentation_pair_pretrains_the_detector_that_has_its_bottom_up(tmp_path, monkeypatch):
+    """tools/pretrain_backbone.py classifies crops of boxes, which a segmentation split lacks:
+    the shapes_seg pair pretrains the shapes detector, whose bottom-up has the segmentation
+    teacher's and student's state-dict keys and shapes (so the checkpoint fills them) and reads
+    the same train images. Its runs start from it as the detection pair's do."""
+    pair = bench.PAIRS["shapes_seg"]
+    pretrain_backbone = load_tool("pretrain_backbone")
+    monkeypatch.setitem(sys.modules, "pretrain_backbone", pretrain_backbone)
+    monkeypatch.setattr(pretrain_backbone, "pretrain", lambda config, settings, root: config)
+    args = bench.parse_args(["--task", "sem_seg", "--pretrained", "--smoke", "--seeds", "0",
+                             "--methods", "none", "mkd", "--output-dir", str(tmp_path)])
+    detector = bench.pretrained_bottom_up(args)
+    assert detector == runs.config_path("student", "shapes")
+    assert bench.pretrained_bottom_up(bench.parse_args(["--task", "sem_seg"])) == ""
+    pretrained = _bottom_up_shapes(detector)
+    for name in (pair.teacher, pair.methods["none"]):
+        assert _bottom_up_shapes(runs.config_path(name, pair.folder)) == pretrained, name
+    images = [MetadataCatalog.get(n).image_root for n in ("mkd_shapes_train",
+                                                           "mkd_shapes_sem_seg_train")]
+    assert images[0] == images[1]
+
+    teacher = runs.Run("teacher", "unused", str(tmp_path / "teacher"), task="sem_seg")
+    planned = bench.student_runs(args, bench.table_rows(args, {}), teacher, [], [], "/a/b.pth")
+    assert _weight(planned["none"][0], "train.init_checkpoint") == "/a/b.pth"
+    assert _weight(planned["mkd"][0], "model.student_weights") == "/a/b.pth"
+    assert {r.task for rs in planned.values() for r in rs} == {"sem_seg"}
+
+
+def test_runs_read_the_metrics_of_their_task(tmp_path):
+    """A segmentation run reads SemSegEvaluator's keys; read as a detection run it has no
+    evaluation, so it is not finished (nor a valid cache)."""
+    run = runs.Run("seg", "unused", str(tmp_path), task="sem_seg")
+    _fake_run(run, 42.0, iteration=10)
+    assert run.evaluations() == [{"iteration": 10, "mIoU": 42.0, "fwIoU": 42.0, "mACC": 42.0,
+                                  "pACC": 42.0}]
+    assert run.finished
+    as_boxes = runs.Run("seg", "unused", str(tmp_path))
+    assert as_boxes.evaluations() == [] and not as_boxes.finished
+
+
+def test_segmentation_table_reports_miou_against_none_and_the_teacher(tmp_path):
+    """The table's statistics and verdicts on made-up finished segmentation runs, in mIoU."""
+    args = bench.parse_args(["--task", "sem_seg", "--methods", "none", "mgd", "mkd",
+                             "--seeds", "0", "1", "2", "--output-dir", str(tmp_path)])
+    teacher = runs.Run("teacher", "unused", str(tmp_path / "teacher"), task="sem_seg")
+    _fake_run(teacher, 60.0)
+    rows = bench.table_rows(args, {})
+    planned = bench.student_runs(args, rows, teacher, [], [])
+    for name, seed_runs in planned.items():
+        for seed, run in enumerate(seed_runs):
+            _fake_run(run, {"none": 30.0, "mgd": 33.0, "mkd": 40.0}[name] + seed,
+                      time={"none": 1.0, "mgd": 1.0, "mkd": 1.5}[name])
+    table = bench.summarize(planned, teacher, rows, bench.TASKS["sem_seg"].metrics)
+    by_method = {row["method"]: row for row in table}
+    mkd = by_method["mkd"]
+    assert mkd["mIoU"] == pytest.approx(41.0) and mkd["mIoU std"] == pytest.approx(1.0)
+    assert mkd["mIoU - none"] == pytest.approx(10.0)
+    assert mkd["SE of diff"] == pytest.approx(math.sqrt(2 / 3))
+    assert mkd["gap closed"] == pytest.approx(10.0 / 29.0)
+    assert mkd["time/iter vs none"] == pytest.approx(1.5)
+    assert mkd["pACC"] == pytest.approx(41.0)
+    assert by_method["teacher"]["mIoU"] == 60.0
+    header = runs.format_table(table, bench.columns(bench.TASKS["sem_seg"])).splitlines()[0]
+    assert header == ("| method | weights | seeds | mIoU | mIoU std | mIoU - none | SE of diff | "
+                      "fwIoU | mACC | pACC | gap closed | time/iter vs none |")
+    assert bench.verdicts(table, "mIoU") == [
+        "MKD - none >= 2 SE: met (+10.00 mIoU, 2 SE = 1.63)",
+        "MKD >= best of mgd: met (MKD 41.00, mgd 34.00, +7.00 mIoU)",
+        "MKD closes >= 30% of the gap: met (34.5%)"]
 
 
 def test_table_without_tuning_uses_calibrated_weights_and_warns(tmp_path, capsys):
@@ -346,3 +521,46 @@ def test_probe_reports_initial_losses_and_the_factor_to_mkds_ratio(smoke_dir):
         assert matched == pytest.approx(by_method["mkd"]["ratio"])
     assert by_method["mkd"]["factor to MKD's ratio"] == pytest.approx(1.0)
     assert "| mimic |" in (smoke_dir / "probe.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def seg_smoke_dir(tmp_path_factory):
+    """One cache for the segmentation smoke tests: their teacher trains once."""
+    return tmp_path_factory.mktemp("benchmark_seg_smoke")
+
+
+@pytest.mark.slow
+def test_segmentation_smoke_table_reports_miou_and_draws_the_predictions(seg_smoke_dir):
+    rows = bench.main(["--task", "sem_seg", "--smoke", "--seeds", "0", "1", "--methods", "none",
+                       "mkd", "--output-dir", str(seg_smoke_dir)])
+    by_method = {r["method"]: r for r in rows}
+    assert set(by_method) == {"none", "mkd", "teacher"}
+    for name, row in by_method.items():
+        keys = ["mIoU", "fwIoU", "mACC", "pACC"]
+        if name != "teacher":
+            assert row["seeds"] == 2
+            keys += ["mIoU std", "time/iter vs none"]
+        assert all(math.isfinite(row[k]) for k in keys), row
+        assert 0 <= row["mIoU"] <= 100
+    text = (seg_smoke_dir / "results.md").read_text()
+    assert "| mIoU | mIoU std | mIoU - none |" in text and "| mkd |" in text
+    assert "MKD - none >= 2 SE:" in text and " mIoU, 2 SE = " in text
+    assert (seg_smoke_dir / "miou_vs_iteration.png").stat().st_size > 0
+    # Four val images; the image, the ground truth, teacher, student and student + MKD.
+    figure = Image.open(seg_smoke_dir / "predictions.png")
+    assert figure.size == (1100, 960)
+
+
+@pytest.mark.slow
+def test_segmentation_probe_splits_the_segmentation_loss_from_the_distillation(seg_smoke_dir):
+    rows = bench.main(["--task", "sem_seg", "--smoke", "--probe", "2", "--methods", "none",
+                       "mimic", "mkd", "--output-dir", str(seg_smoke_dir)])
+    by_method = {r["method"]: r for r in rows}
+    assert set(by_method) == {"mimic", "mkd"}
+    # One student and teacher at initialisation, the same batches: the same task loss.
+    assert by_method["mimic"]["task loss"] == pytest.approx(by_method["mkd"]["task loss"])
+    for row in rows:
+        assert row["task loss"] > 0 and row["distillation loss"] > 0, row
+        assert row["ratio"] == pytest.approx(row["distillation loss"] / row["task loss"])
+    assert by_method["mkd"]["factor to MKD's ratio"] == pytest.approx(1.0)
+    assert "shapes_seg" in (seg_smoke_dir / "probe.md").read_text()

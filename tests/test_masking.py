@@ -197,3 +197,13 @@ def test_masked_features_equal_explicit_reference(depth):
         visible = mask.at_feature(feature).bool().expand_as(feature)
         torch.testing.assert_close(ours[name][visible], feature[visible], rtol=0, atol=1e-5)
         assert not torch.allclose(plain[name][visible], feature[visible], atol=1e-3)
+
+
+def test_an_image_without_an_id_is_keyed_by_its_file_name_then_by_its_position():
+    from mkd.meta_arch import image_key
+
+    by_name = [image_key({"file_name": f"/data/{n}.png"}, 0) for n in ("a", "b")]
+    assert by_name[0] != by_name[1]  # different images, same position: different masks
+    assert image_key({"file_name": "/data/a.png"}, 5) == by_name[0]  # a function of the image
+    assert image_key({"image_id": 7, "file_name": "/data/a.png"}, 0) == 7
+    assert image_key({}, 3) == 3

@@ -3,6 +3,12 @@
 mimic, FGD, FGD's published recipe, MGD, MKD) over seeds, on the shapes pair by default
 (``configs/shapes/``; ``--pair digits``: the R50 -> R18 pair of ``configs/builtin/``).
 
+``--task sem_seg`` benchmarks semantic segmentation with the same commands: the shapes
+segmentation pair (``configs/shapes_seg/``: none, mimic, MGD, MKD; FGD needs boxes) scored by
+mIoU instead of box AP, its table ending with a figure of predictions
+(``tools/visualize_sem_seg.py``: image, ground truth, teacher, student, student + MKD).
+``--pair`` implies its task.
+
 Three commands share one cache (every run lives in a directory named by its config hash, so an
 interrupted command continues where it stopped)::
 
@@ -12,11 +18,11 @@ interrupted command continues where it stopped)::
 
 ``--tune`` gives mimic, FGD, MGD and MKD the same budget: x0.3, x1 and x3 of their calibrated
 loss weights (one factor on all of a method's weights), on ``--tune-seeds``; it writes the factor
-of the best mean AP per method to ``tuned_factors.json``. The table uses those factors (without
-the file: the calibrated weights, with a warning) on ``--seeds``, which must be other seeds.
-It reports mean ± std of box AP, the standard error of each method's difference from none, the
-share of the teacher-student gap closed, the time per iteration relative to none, the mean AP
-curves as a PNG, and the issue's targets met or missed.
+of the best mean AP (mIoU) per method to ``tuned_factors.json``. The table uses those factors
+(without the file: the calibrated weights, with a warning) on ``--seeds``, which must be other
+seeds. It reports mean ± std of box AP (mIoU), the standard error of each method's difference
+from none, the share of the teacher-student gap closed, the time per iteration relative to none,
+the mean curves as a PNG, and the issue's targets met or missed.
 
 ``--ablations [NAME ...]`` trains MKD's variants of ``ABLATIONS`` beside none and MKD (the
 table's runs: same weights, same cache) and writes ``results_ablations.md``. Extra
@@ -27,10 +33,11 @@ initialisation (trained teacher, N batches, no update), with the factor on the m
 weights that gives it MKD's initial distillation-to-task ratio (the calibrated weights x1 should
 show factor 1).
 
-A pair with ``pretrained=True`` (shapes) starts the teacher and every student from the
-bottom-up of ``tools/pretrain_backbone.py`` (trained before the teacher on the first command,
-then found in its cache); runs name its hashed checkpoint, not the fixed link the configs
-default to, so a change of the pretraining settings is a new teacher and new runs.
+A pair with ``pretrained=True`` (shapes; any pair with ``--pretrained``) starts the teacher and
+every student from the bottom-up of ``tools/pretrain_backbone.py`` (trained before the teacher
+on the first command, then found in its cache); runs name its hashed checkpoint, not the fixed
+link the configs default to, so a change of the pretraining settings is a new teacher and new
+runs. ``--no-pretrained`` trains a pretrained pair from scratch.
 
 ``--smoke`` runs any mode for a few iterations on a few generated images (for tests).
 """
@@ -46,6 +53,30 @@ import runs  # tools/runs.py: this script's directory is on sys.path
 
 
 @dataclass(frozen=True)
+class Task:
+    """What the runs of a pair learn and are scored on."""
+    evaluation: str  # Detectron2's evaluation task: a key of runs.TASK_METRICS, headline first
+    losses: Sequence[str]  # the task's training losses; a distilled run's others distil
+    default_pair: str
+    smoke_score: Sequence[str] = ()  # lets a five-iteration model score at all (--smoke)
+
+    @property
+    def metrics(self) -> Sequence[str]:
+        return runs.TASK_METRICS[self.evaluation]
+
+    @property
+    def metric(self) -> str:
+        return self.metrics[0]
+
+
+TASKS = {
+    "detection": Task("bbox", ("loss_cls", "loss_box_reg"), "shapes",
+                      smoke_score=("model.test_score_thresh=0.0",)),
+    "sem_seg": Task("sem_seg", ("loss_sem_seg",), "shapes_seg"),
+}
+
+
+@dataclass(frozen=True)
 class Pair:
     """A teacher and the configs of the student's rows, all in ``configs/<folder>/``."""
     dataset: str  # the built-in dataset: mkd_<dataset>_{train,val}
@@ -55,6 +86,10 @@ class Pair:
     teacher_iter: Optional[int] = None  # None: the config's own schedule
     student_iter: Optional[int] = None
     pretrained: bool = False  # every run starts from tools/pretrain_backbone.py's bottom-up
+    task: str = "detection"  # a key of TASKS
+    # The detector (<folder>/<name>) whose bottom-up tools/pretrain_backbone.py pretrains, by
+    # classifying crops of its boxes; "": the student's own config.
+    pretraining_config: str = ""
 
 
 PAIRS = {
@@ -65,6 +100,11 @@ PAIRS = {
         "none": "retinanet_R18_scratch", "mimic": "retinanet_R50_to_R18_mimic",
         "fgd": "retinanet_R50_to_R18_fgd", "mgd": "retinanet_R50_to_R18_mgd",
         "mkd": "retinanet_R50_to_R18_mkd"}, teacher_iter=900, student_iter=150),
+    # A segmentation split has no boxes to pretrain on: the shapes detector's student has the
+    # same ResNet-18 bottom-up (state-dict keys and shapes) and the same train images.
+    "shapes_seg": Pair("shapes", "shapes_seg", "teacher", {
+        "none": "student", "mimic": "mimic", "mgd": "mgd", "mkd": "mkd"}, task="sem_seg",
+        pretraining_config="shapes/student"),
 }
 METHODS = ["none", "mimic", "fgd", "fgd_recipe", "mgd", "mkd"]
 #: Every loss weight of a tuned method: the tuning factor multiplies them all (keeps their balance).
@@ -99,17 +139,41 @@ _FGD_SMOKE = ["model.distiller.alpha_fg=1e-9", "model.distiller.beta_bg=1e-9",
 SMOKE_OVERRIDES = {"fgd": _FGD_SMOKE, "fgd_recipe": _FGD_SMOKE,
                    "mgd": ["model.distiller.alpha=1e-9"]}
 SMOKE_PRETRAINING = dict(iters=2, batch_size=4, crop_size=32)  # tools/pretrain_backbone.Settings
-TASK_LOSSES = ("loss_cls", "loss_box_reg")
 PROBE_COLUMNS = ["method", "task loss", "distillation loss", "ratio", "factor to MKD's ratio"]
-COLUMNS = ["method", "weights", "seeds", "AP", "AP std", "AP - none", "SE of diff", "AP50",
-           "AP75", "APs", "APm", "APl", "gap closed", "time/iter vs none"]
-TUNE_COLUMNS = ["method", "seeds", "AP", "AP std", "chosen"]
+#: The predictions figure of a segmentation table: row -> column title.
+FIGURE_COLUMNS = {"none": "student", "mkd": "student + MKD"}
+
+
+def columns(task: Task) -> List[str]:
+    """The table's columns: the headline metric's statistics, then the task's other metrics."""
+    m = task.metric
+    return (["method", "weights", "seeds", "diverged", m, f"{m} std", f"{m} - none",
+             "SE of diff"]
+            + list(task.metrics[1:]) + ["gap closed", "time/iter vs none"])
+
+
+def tune_columns(task: Task) -> List[str]:
+    return ["method", "seeds", "diverged", task.metric, f"{task.metric} std", "chosen"]
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pair", default="shapes", choices=list(PAIRS))
+    parser.add_argument("--task", choices=list(TASKS),
+                        help="what the students learn: detection (box AP, default pair shapes) "
+                             "or sem_seg (mIoU, default pair shapes_seg); default: the pair's, "
+                             "else detection")
+    parser.add_argument("--pair", choices=list(PAIRS),
+                        help="default: the task's (" + ", ".join(
+                            f"{name}: {task.default_pair}" for name, task in TASKS.items()) + ")")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--pretrained", action="store_const", const=True,
+                       help="start every run from tools/pretrain_backbone.py's bottom-up "
+                            "(default: as the pair does; departing from it, --output-dir "
+                            "defaults to <pair>_pretrained)")
+    start.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False,
+                       help="train every run from scratch (default --output-dir: "
+                            "<pair>_scratch, if the pair is pretrained)")
     parser.add_argument("--methods", nargs="+", choices=METHODS,
                         help="rows to train (default: every row of the pair)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
@@ -131,7 +195,16 @@ def parse_args(argv=None):
     parser.add_argument("--smoke", action="store_true", help="a few iterations on 8 images")
     parser.add_argument("overrides", nargs="*", help="path.key=value for the distilled runs")
     args = parser.parse_args(argv)
+    if args.pair and args.task and PAIRS[args.pair].task != args.task:
+        parser.error(f"the {args.pair} pair is a {PAIRS[args.pair].task} pair, not {args.task}: "
+                     f"drop --task, or choose a {args.task} pair ("
+                     + ", ".join(n for n, p in PAIRS.items() if p.task == args.task) + ")")
+    args.pair = args.pair or TASKS[args.task or "detection"].default_pair
     pair = PAIRS[args.pair]
+    args.task = pair.task
+    departs = args.pretrained is not None and args.pretrained != pair.pretrained
+    if args.pretrained is None:
+        args.pretrained = pair.pretrained
     args.methods = args.methods or [m for m in METHODS if m in pair.methods]
     missing = [m for m in args.methods if m not in pair.methods]
     if missing:
@@ -139,8 +212,9 @@ def parse_args(argv=None):
                      f"{list(pair.methods)}")
     if args.ablations == []:
         args.ablations = list(ABLATIONS)
+    suffix = ("_pretrained" if args.pretrained else "_scratch") if departs else ""
     args.output_dir = os.path.abspath(
-        args.output_dir or os.path.join("output", "benchmark_distill", args.pair))
+        args.output_dir or os.path.join("output", "benchmark_distill", args.pair + suffix))
     return args
 
 
@@ -194,8 +268,9 @@ def ablation_rows(args, factors: Dict[str, float]) -> List[Row]:
 
 def pretrained_bottom_up(args) -> str:
     """The checkpoint of ``tools/pretrain_backbone.py`` for the pair's student (trained now if
-    not in its cache; ``--smoke``: a tiny one in ``--output-dir``), ``""`` for a pair without."""
-    if not PAIRS[args.pair].pretrained:
+    not in its cache; ``--smoke``: a tiny one in ``--output-dir``), ``""`` without
+    ``args.pretrained``."""
+    if not args.pretrained:
         return ""
     import pretrain_backbone
     from detectron2.utils.logger import setup_logger
@@ -206,7 +281,13 @@ def pretrained_bottom_up(args) -> str:
             else os.path.abspath(pretrain_backbone.DEFAULT_OUTPUT_ROOT))
     print(f"[benchmark] the pretrained bottom-up (tools/pretrain_backbone.py) in {root}",
           flush=True)
-    return pretrain_backbone.pretrain(config_file(args, "none"), settings, root)
+    detector = PAIRS[args.pair].pretraining_config
+    if detector:
+        folder, name = detector.split("/")
+        config = runs.config_path(name, folder)
+    else:
+        config = config_file(args, "none")
+    return pretrain_backbone.pretrain(config, settings, root)
 
 
 def start_from(bottom_up: str, distilled: bool) -> List[str]:
@@ -222,7 +303,7 @@ def student_runs(args, rows: Sequence[Row], teacher, schedule, student_score, bo
     """One run per (row, seed) in ``<output-dir>/<method>/seed<seed>-<config hash>``: a run
     with the same config is the same directory, whichever row or command asks for it.
     ``bottom_up``: the pretrained checkpoint every student starts from (``""``: the configs')."""
-    planned = {}
+    planned, evaluation = {}, TASKS[args.task].evaluation
     for row in rows:
         config = config_file(args, row.method)
         for seed in row.seeds:
@@ -241,8 +322,8 @@ def student_runs(args, rows: Sequence[Row], teacher, schedule, student_score, bo
                 overrides += scaled_weights(config, overrides, row.method, row.factor)
             digest = runs.config_hash(config, overrides)  # a changed config is a new run
             directory = os.path.join(args.output_dir, row.method, f"seed{seed}-{digest}")
-            planned.setdefault(row.name, []).append(
-                runs.Run(f"{row.name} seed {seed}", config, directory, overrides))
+            planned.setdefault(row.name, []).append(runs.Run(
+                f"{row.name} seed {seed}", config, directory, overrides, evaluation))
     return planned
 
 
@@ -253,57 +334,59 @@ def se_of_difference(a: Sequence[float], b: Sequence[float]) -> float:
     return math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
 
 
-def gap_closed(method_ap: float, none_ap: float, teacher_ap: float) -> float:
-    """The share of the teacher-student gap (in mean AP) a method closes."""
-    gap = teacher_ap - none_ap
-    return (method_ap - none_ap) / gap if gap else math.nan
+def gap_closed(method_score: float, none_score: float, teacher_score: float) -> float:
+    """The share of the teacher-student gap (in the mean headline metric) a method closes."""
+    gap = teacher_score - none_score
+    return (method_score - none_score) / gap if gap else math.nan
 
 
-def summarize(planned, teacher, rows: Sequence[Row]):
-    """A row per method from each run's final COCO evaluation, and the teacher's."""
+def summarize(planned, teacher, rows: Sequence[Row], metrics: Sequence[str]):
+    """A row per method from each run's final evaluation of ``metrics`` (the headline first),
+    and the teacher's."""
+    m = metrics[0]
     teacher_final = teacher.evaluations()[-1]
     factors = {row.name: row.factor for row in rows}
-    ap = {name: [r.evaluations()[-1]["AP"] for r in rs] for name, rs in planned.items()}
+    score = {name: [r.final_score() for r in rs] for name, rs in planned.items()}
     speed = {name: statistics.median(r.seconds_per_iter() for r in rs)
              for name, rs in planned.items()}
-    none = ap.get("none", [])
-    none_ap = statistics.mean(none) if none else math.nan
+    none = score.get("none", [])
+    none_score = statistics.mean(none) if none else math.nan
     table = []
     for name, seed_runs in planned.items():
-        finals = [r.evaluations()[-1] for r in seed_runs]
-        mean = statistics.mean(ap[name])
+        finals = [r.evaluations()[-1] for r in seed_runs if not r.diverged]
+        mean = statistics.mean(score[name])
         row = {"method": name, "weights": "-" if name == "none" else f"x{factors[name]:g}",
-               "seeds": len(finals), "AP": mean,
-               "AP std": statistics.stdev(ap[name]) if len(finals) > 1 else math.nan,
-               "AP - none": mean - none_ap, "SE of diff": se_of_difference(ap[name], none),
-               "gap closed": gap_closed(mean, none_ap, teacher_final["AP"]),
+               "seeds": len(seed_runs), "diverged": sum(r.diverged for r in seed_runs), m: mean,
+               f"{m} std": statistics.stdev(score[name]) if len(seed_runs) > 1 else math.nan,
+               f"{m} - none": mean - none_score, "SE of diff": se_of_difference(score[name], none),
+               "gap closed": gap_closed(mean, none_score, teacher_final[m]),
                "time/iter vs none": speed[name] / speed.get("none", math.nan)}
-        row.update({k: statistics.mean(e[k] for e in finals) for k in runs.METRICS[1:]})
+        row.update({k: statistics.mean(e[k] for e in finals) if finals else math.nan
+                    for k in metrics[1:]})
         table.append(row)
-    table.append({"method": "teacher", "seeds": 1,
-                  **{k: teacher_final[k] for k in runs.METRICS}})
+    table.append({"method": "teacher", "seeds": 1, **{k: teacher_final[k] for k in metrics}})
     return table
 
 
-def verdicts(table: Sequence[Dict]) -> List[str]:
-    """The issue's three targets for MKD, each met or missed by how much."""
+def verdicts(table: Sequence[Dict], metric: str) -> List[str]:
+    """The issue's three targets for MKD, each met or missed by how much (in ``metric``)."""
     by_name = {row["method"]: row for row in table}
     mkd = by_name.get("mkd")
     if mkd is None or "none" not in by_name:
         return ["targets: need the none and mkd rows"]
     lines = []
-    diff, se = mkd["AP - none"], mkd["SE of diff"]
+    diff, se = mkd[f"{metric} - none"], mkd["SE of diff"]
     met = diff >= 2 * se
     lines.append(f"MKD - none >= 2 SE: {'met' if met else 'missed'} "
-                 f"({diff:+.2f} AP, 2 SE = {2 * se:.2f}"
-                 + ("" if met else f", short by {2 * se - diff:.2f} AP") + ")")
+                 f"({diff:+.2f} {metric}, 2 SE = {2 * se:.2f}"
+                 + ("" if met else f", short by {2 * se - diff:.2f} {metric}") + ")")
     baselines = [by_name[m] for m in BASELINES if m in by_name]
     if baselines:
-        best = max(baselines, key=lambda row: row["AP"])
-        margin = mkd["AP"] - best["AP"]
+        best = max(baselines, key=lambda row: row[metric])
+        margin = mkd[metric] - best[metric]
         lines.append(f"MKD >= best of {'/'.join(r['method'] for r in baselines)}: "
-                     f"{'met' if margin >= 0 else 'missed'} (MKD {mkd['AP']:.2f}, "
-                     f"{best['method']} {best['AP']:.2f}, {margin:+.2f} AP)")
+                     f"{'met' if margin >= 0 else 'missed'} (MKD {mkd[metric]:.2f}, "
+                     f"{best['method']} {best[metric]:.2f}, {margin:+.2f} {metric})")
     closed = mkd["gap closed"]
     lines.append(f"MKD closes >= 30% of the gap: {'met' if closed >= 0.3 else 'missed'} "
                  f"({100 * closed:.1f}%" + ("" if closed >= 0.3 else
@@ -312,10 +395,10 @@ def verdicts(table: Sequence[Dict]) -> List[str]:
     return lines
 
 
-def choose_factors(mean_ap: Dict[str, Dict[float, float]]) -> Dict[str, float]:
-    """Per method, the factor of the best mean AP (ties: the one nearest x1)."""
+def choose_factors(mean_score: Dict[str, Dict[float, float]]) -> Dict[str, float]:
+    """Per method, the factor of the best mean score (ties: the one nearest x1)."""
     return {method: max(by_factor, key=lambda f: (by_factor[f], -abs(math.log(f))))
-            for method, by_factor in mean_ap.items()}
+            for method, by_factor in mean_score.items()}
 
 
 def tuning_context(args, teacher) -> Dict:
@@ -325,25 +408,28 @@ def tuning_context(args, teacher) -> Dict:
 
 
 def tune(args, planned, rows: Sequence[Row], teacher) -> List[Dict]:
-    """Writes the chosen factors with the grid's mean AP; returns the grid's table."""
+    """Writes the chosen factors with the grid's mean score; returns the grid's table."""
+    metric = TASKS[args.task].metric
     factor_of = {row.name: (row.method, row.factor) for row in rows}
-    mean_ap = {}
+    mean_score = {}
     for name, seed_runs in planned.items():
         method, factor = factor_of[name]
-        mean_ap.setdefault(method, {})[factor] = statistics.mean(
-            r.evaluations()[-1]["AP"] for r in seed_runs)
-    chosen = choose_factors(mean_ap)
+        mean_score.setdefault(method, {})[factor] = statistics.mean(
+            r.final_score() for r in seed_runs)
+    chosen = choose_factors(mean_score)
     with open(os.path.join(args.output_dir, TUNING_FILE), "w") as f:
         json.dump({"factors": chosen, "tuning_seeds": list(args.tune_seeds),
-                   "mean_AP": {m: {f"{k:g}": v for k, v in d.items()}
-                               for m, d in mean_ap.items()},
+                   f"mean_{metric}": {m: {f"{k:g}": v for k, v in d.items()}
+                                      for m, d in mean_score.items()},
                    "context": tuning_context(args, teacher)}, f, indent=1)
     table = []
     for name, seed_runs in planned.items():
         method, factor = factor_of[name]
-        ap = [r.evaluations()[-1]["AP"] for r in seed_runs]
-        table.append({"method": name, "seeds": len(ap), "AP": statistics.mean(ap),
-                      "AP std": statistics.stdev(ap) if len(ap) > 1 else math.nan,
+        scores = [r.final_score() for r in seed_runs]
+        table.append({"method": name, "seeds": len(scores),
+                      "diverged": sum(r.diverged for r in seed_runs),
+                      metric: statistics.mean(scores),
+                      f"{metric} std": statistics.stdev(scores) if len(scores) > 1 else math.nan,
                       "chosen": "yes" if chosen[method] == factor else ""})
     return table
 
@@ -401,10 +487,11 @@ def probe(args, planned):
         if name == "none":
             continue
         losses = initial_losses(seed_runs[0].config_file, seed_runs[0].overrides, args.probe)
-        task = sum(losses[k] for k in TASK_LOSSES)
-        distill = sum(v for k, v in losses.items() if k not in TASK_LOSSES)
-        rows.append({"method": name, "task loss": task, "distillation loss": distill,
-                     "ratio": distill / task})
+        task_losses = TASKS[args.task].losses
+        task_loss = sum(losses[k] for k in task_losses)
+        distill = sum(v for k, v in losses.items() if k not in task_losses)
+        rows.append({"method": name, "task loss": task_loss, "distillation loss": distill,
+                     "ratio": distill / task_loss})
         print(f"  {name}: {losses}", flush=True)
     reference = next((r["ratio"] for r in rows if r["method"].startswith("mkd")), math.nan)
     for row in rows:
@@ -412,17 +499,38 @@ def probe(args, planned):
     return rows
 
 
-def mean_curves(planned):
-    """AP against iteration per method, averaged over its seeds (they share evaluation points)."""
+def mean_curves(planned, metric: str):
+    """``metric`` against iteration per method, averaged over its seeds (they share evaluation
+    points)."""
     curves = {}
     for name, seed_runs in planned.items():
-        per_seed = [r.evaluations() for r in seed_runs]
+        per_seed = [r.evaluations() for r in seed_runs if not r.diverged]
+        if not per_seed:
+            continue
         curves[f"{name} (mean of {len(per_seed)})"] = [
             {"iteration": points[0]["iteration"],
-             "AP": statistics.mean(p["AP"] for p in points)}
+             metric: statistics.mean(p[metric] for p in points)}
             for points in zip(*per_seed)
         ]
     return curves
+
+
+def predictions_figure(args, teacher, planned, rows: Sequence[Row], tag: str) -> str:
+    """``tools/visualize_sem_seg.py``'s grid of the teacher and the first seed of the student and
+    student + MKD rows (those of ``FIGURE_COLUMNS`` the table has), each titled with its mIoU."""
+    import visualize_sem_seg
+
+    shown = [("teacher", teacher)] + [(FIGURE_COLUMNS[row.method], planned[row.name][0])
+                                      for row in rows if row.method in FIGURE_COLUMNS]
+    metric = TASKS[args.task].metric
+    models = {
+        f"{title} ({run.evaluations()[-1][metric]:.1f} {metric})": (
+            runs.load_config(run.config_file, run.overrides),
+            os.path.join(run.output_dir, "model_final.pth"))
+        for title, run in shown}
+    path = os.path.join(args.output_dir, f"predictions{tag}.png")
+    visualize_sem_seg.figure(models, path)
+    return path
 
 
 def smoke_dataset(args):
@@ -439,7 +547,7 @@ def smoke_dataset(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    pair = PAIRS[args.pair]
+    pair, task = PAIRS[args.pair], TASKS[args.task]
     args.teacher_iter = args.teacher_iter or pair.teacher_iter
     args.student_iter = args.student_iter or pair.student_iter
     args.teacher_cache = runs.teacher_cache(args, args.output_dir)
@@ -449,7 +557,7 @@ def main(argv=None):
         args.teacher_iter = args.student_iter = SMOKE_ITER
         extra = ["dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
                  "dataloader.test.num_workers=0"]
-        student_score = ["model.test_score_thresh=0.0"]  # five-iteration models score low
+        student_score = list(task.smoke_score)
     evaluations = 1 if args.smoke else 3
 
     def schedule(iterations):  # None: the config's own schedule
@@ -459,7 +567,8 @@ def main(argv=None):
     teacher = runs.teacher_run(args.teacher_cache,
                                schedule(args.teacher_iter) + extra + student_score
                                + start_from(bottom_up, distilled=False),
-                               config_file=runs.config_path(pair.teacher, pair.folder))
+                               config_file=runs.config_path(pair.teacher, pair.folder),
+                               task=task.evaluation)
     if teacher.finished:
         print(f"[benchmark] reusing the cached teacher {teacher.output_dir}", flush=True)
     else:
@@ -492,21 +601,23 @@ def main(argv=None):
 
     if args.tune:
         table = tune(args, planned, rows, teacher)
-        text = runs.format_table(table, TUNE_COLUMNS)
+        text = runs.format_table(table, tune_columns(task))
         tag, notes = "_tuning", [f"tuning seeds {args.tune_seeds}; chosen factors in "
                                  f"{os.path.join(args.output_dir, TUNING_FILE)}"]
     else:
-        table = summarize(planned, teacher, rows)
-        text = runs.format_table(table, COLUMNS)
+        table = summarize(planned, teacher, rows, task.metrics)
+        text = runs.format_table(table, columns(task))
         tag = "_ablations" if args.ablations else f"_{args.tag}" if args.tag else ""
-        notes = [] if args.ablations else verdicts(table)
+        notes = [] if args.ablations else verdicts(table, task.metric)
     with open(os.path.join(args.output_dir, f"results{tag}.md"), "w") as f:
         f.write(text + "\n\n" + "\n".join(f"- {line}" for line in notes) + "\n")
     with open(os.path.join(args.output_dir, f"results{tag}.json"), "w") as f:
         json.dump({"rows": table, "notes": notes, "args": vars(args)}, f, indent=1)
-    figure = os.path.join(args.output_dir, f"ap_vs_iteration{tag}.png")
-    runs.plot_curves(mean_curves(planned), figure,
-                     f"students ({args.pair}): box AP, mean over seeds")
+    figure = os.path.join(args.output_dir, f"{task.metric.lower()}_vs_iteration{tag}.png")
+    runs.plot_curves(mean_curves(planned, task.metric), figure,
+                     f"students ({args.pair}), mean over seeds", task.metric)
+    if args.task == "sem_seg" and not args.tune and not args.ablations:
+        predictions_figure(args, teacher, planned, rows, tag)
     print(text + "\n" + "\n".join(notes), flush=True)
     return table
 

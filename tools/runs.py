@@ -21,7 +21,12 @@ from train_net import dataset_names  # tools/: this script's directory is on sys
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TOOLS)
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOEvaluator's box metrics
+#: The metrics a run reads per Detectron2 evaluation task (the prefix of its keys in
+#: metrics.json), the headline first: COCOEvaluator's boxes, SemSegEvaluator's label maps.
+TASK_METRICS = {"bbox": METRICS, "sem_seg": ("mIoU", "fwIoU", "mACC", "pACC")}
+#: The curves' axis label per headline metric.
+METRIC_LABELS = {"AP": "box AP (COCO, %)", "mIoU": "mIoU (%)"}
 
 
 def config_path(name: str, folder: str = "builtin") -> str:
@@ -65,6 +70,7 @@ class Run:
     config_file: str
     output_dir: str
     overrides: List[str] = field(default_factory=list)
+    task: str = "bbox"  # the evaluation task it is scored on: a key of TASK_METRICS
 
     @property
     def command(self) -> List[str]:
@@ -73,26 +79,42 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return os.path.isfile(os.path.join(self.output_dir, "model_final.pth")) and bool(
-            self.evaluations())
+        """Trained to the end and evaluated, or stopped by a non-finite loss (a result too)."""
+        return self.diverged or os.path.isfile(
+            os.path.join(self.output_dir, "model_final.pth")) and bool(self.evaluations())
+
+    @property
+    def diverged(self) -> bool:
+        """Detectron2 stopped the run on a non-finite loss (``launch`` recorded the error)."""
+        return os.path.isfile(os.path.join(self.output_dir, DIVERGED))
+
+    def final_score(self) -> float:
+        """The last evaluation's headline metric (AP, mIoU); 0 for a diverged run, whose
+        weights hold non-finite values."""
+        return 0.0 if self.diverged else self.evaluations()[-1][TASK_METRICS[self.task][0]]
 
     def evaluations(self) -> List[Dict]:
-        """Every COCO evaluation of the run: ``{"iteration": i, "AP": ..., ...}``, ``i`` the
-        number of iterations trained when it ran."""
+        """Every evaluation of the run's task: ``{"iteration": i, "AP": ..., ...}`` (the
+        ``TASK_METRICS`` of its task), ``i`` the number of iterations trained when it ran."""
         metrics = _read_metrics(self.output_dir)
         # Detectron2 stores a periodic evaluation at the index of the step just done, and the
         # final one (EvalHook.after_train) at max_iter, one past the last step's index.
         trained = max((m["iteration"] + 1 for m in metrics if "total_loss" in m), default=None)
+        names = TASK_METRICS[self.task]
         return [
             {"iteration": m["iteration"] + 1 if trained is None else
-             min(m["iteration"] + 1, trained), **{k: m[f"bbox/{k}"] for k in METRICS}}
-            for m in metrics if "bbox/AP" in m
+             min(m["iteration"] + 1, trained), **{k: m[f"{self.task}/{k}"] for k in names}}
+            for m in metrics if f"{self.task}/{names[0]}" in m
         ]
 
     def seconds_per_iter(self) -> float:
         """Median of Detectron2's per-iteration ``time`` over the run's logged windows."""
         times = sorted(m["time"] for m in _read_metrics(self.output_dir) if "time" in m)
         return times[len(times) // 2] if times else math.nan
+
+
+#: Written in a run's directory when Detectron2 stopped it on a non-finite loss.
+DIVERGED = "diverged.txt"
 
 
 def _read_metrics(output_dir: str) -> List[Dict]:
@@ -112,6 +134,11 @@ def launch(runs: Sequence[Run], jobs: int = 1, threads: int = 1, prefix: str = "
         while pending and len(active) < jobs:
             run = pending.pop(0)
             os.makedirs(run.output_dir, exist_ok=True)
+            # An interrupted run trains again from its start; Detectron2's JSONWriter appends,
+            # so its stale metrics would otherwise mix into the new run's curves and timings.
+            stale = os.path.join(run.output_dir, "metrics.json")
+            if os.path.exists(stale):
+                os.remove(stale)
             log = open(os.path.join(run.output_dir, "train.log"), "w")
             print(f"{prefix}started {run.name} -> {run.output_dir}", flush=True)
             process = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -123,11 +150,18 @@ def launch(runs: Sequence[Run], jobs: int = 1, threads: int = 1, prefix: str = "
                 continue
             active.remove(entry)
             log.close()
+            with open(log.name) as f:
+                tail = "".join(f.readlines()[-30:])
+            if process.returncode != 0 and "FloatingPointError" in tail:
+                # A loss weight too large for this run is a result (the tuning grid's x3 may
+                # diverge), not a failure of the benchmark: record it and go on.
+                with open(os.path.join(run.output_dir, DIVERGED), "w") as f:
+                    f.write(tail[tail.index("FloatingPointError"):])
+                print(f"{prefix}diverged {run.name} (non-finite loss; {DIVERGED})", flush=True)
+                continue
             if process.returncode != 0:
                 for _, other, _, _ in active:
                     other.kill()
-                with open(log.name) as f:
-                    tail = "".join(f.readlines()[-30:])
                 raise RuntimeError(f"{run.name} failed (exit {process.returncode}); "
                                    f"log {log.name}:\n{tail}")
             print(f"{prefix}finished {run.name} in {time.time() - start:.0f} s", flush=True)
@@ -143,8 +177,9 @@ def format_table(rows: Sequence[Dict], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(curves: Dict[str, List[Dict]], path: str, title: str) -> None:
-    """AP against iteration, one line per run, as a PNG."""
+def plot_curves(curves: Dict[str, List[Dict]], path: str, title: str,
+                metric: str = "AP") -> None:
+    """``metric`` (a key of ``METRIC_LABELS``) against iteration, one line per run, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,10 +187,10 @@ def plot_curves(curves: Dict[str, List[Dict]], path: str, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for name, evaluations in curves.items():
-        ax.plot([e["iteration"] for e in evaluations], [e["AP"] for e in evaluations],
+        ax.plot([e["iteration"] for e in evaluations], [e[metric] for e in evaluations],
                 marker="o", label=name)
     ax.set_xlabel("iteration")
-    ax.set_ylabel("box AP (COCO, %)")
+    ax.set_ylabel(METRIC_LABELS[metric])
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -185,16 +220,16 @@ def teacher_cache(args, output_dir: str) -> str:
 
 
 def teacher_run(cache_root: str, overrides: Sequence[str] = (), depth: int = 50,
-                config_file: str = "") -> Run:
+                config_file: str = "", task: str = "bbox") -> Run:
     """A teacher (``config_file``, default the RetinaNet from scratch
-    ``retinanet_R{depth}_scratch.py``) in a directory of ``cache_root`` named by its config hash:
-    a finished run there is a valid cache for the same config and schedule, whichever tool
-    trained it."""
+    ``retinanet_R{depth}_scratch.py``), scored on ``task``, in a directory of ``cache_root`` named
+    by its config hash: a finished run there is a valid cache for the same config and schedule,
+    whichever tool trained it."""
     name = "teacher" if config_file else f"teacher R{depth}"
     config_file = config_file or config_path(f"retinanet_R{depth}_scratch")
     digest = config_hash(config_file, overrides)
     return Run(name, config_file, os.path.join(cache_root, f"teacher-{digest}"),
-               list(overrides))
+               list(overrides), task)
 
 
 def schedule(max_iter: int, evaluations: int = 3) -> List[str]:

@@ -1,18 +1,21 @@
 #!/usr/bin/env python
 """Train or evaluate a detector described by a LazyConfig file, with Detectron2's own machinery.
 
-Detectron2's ``tools/lazyconfig_train_net.py``, plus a clear error for missing datasets (and
-generation of the built-in one) before any data loader is built. Runs on CPU when the config
-says ``train.device="cpu"``. Usage::
+Detectron2's ``tools/lazyconfig_train_net.py``, plus what a day-long run needs: a clear error
+for missing or empty datasets (and generation of the built-in one) before any data loader is
+built; overrides refused when the config has no such key (``+key=value`` adds one on purpose);
+checkpoints written atomically, and ``--resume`` continuing the data stream exactly
+(``mkd.resume``); a non-finite loss reported with the term and the last good checkpoint. Runs
+on CPU when the config says ``train.device="cpu"``. Usage::
 
     python tools/train_net.py --config-file configs/builtin/retinanet_R18_scratch.py \
         train.max_iter=100 train.output_dir=./output/r18
     python tools/train_net.py --config-file ... --resume
     python tools/train_net.py --config-file ... --eval-only train.init_checkpoint=model_final.pth
 """
+import contextlib
 import logging
-
-from detectron2.checkpoint import DetectionCheckpointer
+import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
     AMPTrainer,
@@ -29,7 +32,15 @@ from detectron2.utils import comm
 from omegaconf import OmegaConf
 
 from mkd import MKD, load_verified_weights
-from mkd.data import check_datasets_available
+from mkd.data import check_datasets_available, check_training_data
+from mkd.data.synthetic import check_writable
+from mkd.overrides import apply_known_overrides
+from mkd.resume import (
+    AtomicCheckpointer,
+    LossNormalizers,
+    UnoptimizedTorchScript,
+    build_resumable_train_loader,
+)
 from mkd.weights import check_weights_file
 
 logger = logging.getLogger("detectron2")
@@ -73,9 +84,10 @@ def do_test(cfg, model):
 def do_train(args, cfg):
     """Train ``cfg.model`` with the hooks of Detectron2's lazyconfig_train_net.py.
 
-    ``args.resume`` restores model, optimizer, LR scheduler and iteration from the last
-    checkpoint in ``cfg.train.output_dir``; otherwise weights come from
-    ``cfg.train.init_checkpoint`` (if set).
+    ``args.resume`` restores model, optimizer, LR scheduler, iteration and the position in the
+    training data stream from the last checkpoint in ``cfg.train.output_dir`` (what is and is
+    not exact: ``mkd.resume``); otherwise weights come from ``cfg.train.init_checkpoint`` (if
+    set). Checkpoints are written atomically: a run killed while saving leaves the previous one.
 
     Returns:
         the trainer, whose ``start_iter``/``iter`` and ``model`` callers may inspect.
@@ -88,17 +100,25 @@ def do_train(args, cfg):
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
 
-    train_loader = instantiate(cfg.dataloader.train)
+    # Written atomically; the loader continues the data stream of the run it resumes.
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir)
+    resuming = args.resume and checkpointer.has_checkpoint()
+    train_loader = build_resumable_train_loader(cfg.dataloader.train, checkpointer, resuming)
 
     precise_bn = precise_bn_hook(cfg, model)
-    model = create_ddp_model(model, **cfg.train.ddp)
+    # DDP takes no device ids for a model on the CPU (Detectron2 gives it the local GPU's).
+    cpu = {"device_ids": None} if cfg.train.device == "cpu" else {}
+    model = create_ddp_model(model, **{**cpu, **cfg.train.ddp})
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer.add_checkpointable("trainer", trainer)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             precise_bn,  # before the checkpointer and the evaluation, which use its statistics
+            # What a resumed run needs to repeat the uninterrupted one exactly (mkd.resume).
+            UnoptimizedTorchScript(),
+            LossNormalizers(checkpointer.model, cfg.train.checkpointer.period),  # before saving
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
             if comm.is_main_process()
             else None,
@@ -112,7 +132,6 @@ def do_train(args, cfg):
         ]
     )
 
-    resuming = args.resume and checkpointer.has_checkpoint()
     if isinstance(checkpointer.model, MKD) and cfg.train.init_checkpoint and not resuming:
         # Detectron2 would load a plain detector's checkpoint into MKD as nothing, and only warn.
         load_verified_weights(
@@ -125,7 +144,8 @@ def do_train(args, cfg):
         checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     # The checkpoint stores the iteration that just finished: continue with the next one.
     start_iter = trainer.iter + 1 if resuming else 0
-    trainer.train(start_iter, cfg.train.max_iter)
+    with non_finite_loss_explained(trainer, checkpointer):
+        trainer.train(start_iter, cfg.train.max_iter)
     return trainer
 
 
@@ -143,10 +163,50 @@ def precise_bn_hook(cfg, model):
     )
 
 
+@contextlib.contextmanager
+def non_finite_loss_explained(trainer, checkpointer):
+    """Detectron2 stops on a non-finite loss with the iteration and the mean of every term; this
+    re-raises naming the non-finite terms, the last good checkpoint (intact: nothing is saved
+    after it) and how to continue from it. Each step's losses are kept, detached, to name them."""
+    losses = {}
+
+    def record(module, inputs, output):
+        if isinstance(output, dict):  # a training step's losses (evaluation gives a list)
+            losses.clear()
+            losses.update({k: v.detach() for k, v in output.items()})
+
+    handle = trainer.model.register_forward_hook(record)
+    try:
+        yield
+    except FloatingPointError as error:
+        terms = ", ".join(f"{k} = {float(v)}" for k, v in losses.items()
+                          if not torch.isfinite(v).all())
+        terms = terms or "on another process (Detectron2's means below)"
+        checkpoint = checkpointer.get_checkpoint_file()
+        restart = (
+            f"{checkpoint} (nothing was saved after it): fix the cause, then continue from it "
+            "with --resume and the same train.output_dir" if checkpoint else
+            "none yet: fix the cause, then start again"
+        )
+        raise FloatingPointError(
+            f"Training stopped at iteration {trainer.iter}, a loss not finite: {terms}. Last "
+            f"good checkpoint: {restart}. Causes to check: a learning rate too high for the "
+            "batch (lower optimizer.lr or lengthen the warm-up), that loss's weight, or its "
+            f"inputs (degenerate boxes, weights not trained). Detectron2 reported: {error}"
+        ) from error
+    finally:
+        handle.remove()
+
+
 def setup(args):
-    """Load the config file, apply the command line's ``key=value`` overrides, set up logging."""
+    """Load the config file, apply the command line's ``key=value`` overrides, set up logging;
+    refuses an unknown key and an unwritable output directory before writing anything."""
     cfg = LazyConfig.load(args.config_file)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    cfg = apply_known_overrides(cfg, args.opts, args.config_file)
+    if cfg.train.output_dir:  # before default_setup writes there (its error: a bare OSError)
+        check_writable(cfg.train.output_dir, "train.output_dir",
+                       "set train.output_dir=<a writable directory> (it holds the log, the "
+                       "config, the checkpoints and the evaluation)")
     default_setup(cfg, args)
     return cfg
 
@@ -173,6 +233,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         return do_test(cfg, create_ddp_model(build_for_evaluation(cfg)))
+    check_training_data(dataset_names(cfg, ("train",)))
     do_train(args, cfg)
 
 

@@ -98,10 +98,13 @@ class PatchMasker:
     def __init__(self, *, patch_size: int = 32, mask_ratio: float = 0.5,
                  seed: Optional[int] = None):
         if not isinstance(patch_size, int) or patch_size < 1:
-            raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
+            raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}: set "
+                             "model.masker.patch_size to e.g. 32")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(
-                f"mask_ratio must lie in [0, 1) (the fraction of patches hidden), got {mask_ratio}"
+                f"mask_ratio must lie in [0, 1) (the fraction of patches hidden), got "
+                f"{mask_ratio}: set model.masker.mask_ratio to e.g. 0.5 (0 hides nothing; 1 "
+                "would hide the whole image)"
             )
         self.patch_size = patch_size
         self.mask_ratio = mask_ratio
@@ -117,6 +120,16 @@ class PatchMasker:
         s = self.patch_size
         rank = comm.get_rank()
         cells = [(math.ceil(h / s), math.ceil(w / s)) for h, w in image_sizes]
+        if self.mask_ratio > 0 and (1, 1) in cells:
+            h, w = image_sizes[cells.index((1, 1))]
+            smaller = 2 ** max(0, (max(h, w) - 1).bit_length() - 1)  # largest power of 2 < max
+            raise ValueError(
+                f"An image of {h}x{w} pixels fits inside one {s}x{s} patch: masking it hides "
+                f"round({self.mask_ratio} x 1) patches, i.e. all of the image or none of it. Set "
+                f"model.masker.patch_size below {max(h, w)} (e.g. {smaller}: a power of two "
+                "suits every FPN stride), or train on larger images (the short_edge_length of "
+                "dataloader.train.mapper.augmentations)"
+            )
         grid = torch.zeros(len(cells), max(c[0] for c in cells), max(c[1] for c in cells))
         for i, ((gh, gw), key) in enumerate(zip(cells, image_keys)):
             generator = torch.Generator().manual_seed(self._draw_seed(rank, step, key))

@@ -226,17 +226,25 @@ class MKD(nn.Module):
             if not levels:
                 raise ValueError(
                     f"Teacher levels {sorted(t_shapes)} and student levels {sorted(s_shapes)} "
-                    "share none: MKD distils FPN levels present in both backbones"
+                    "share none: MKD distils FPN levels present in both backbones. Give both "
+                    "models an FPN-style backbone (Detectron2's FPN names its levels p2-p7, e.g. "
+                    "model_zoo's common/models/retinanet.py), not a bare bottom-up network"
                 )
         unknown = [k for k in levels if k not in shared]
         if unknown:
             raise ValueError(
                 f"Unknown distillation levels {unknown}: teacher and student share {shared}"
             )
-        for k in levels:
-            if s_shapes[k].stride != t_shapes[k].stride:
-                raise ValueError(f"Level {k} has stride {s_shapes[k].stride} in the student but "
-                                 f"{t_shapes[k].stride} in the teacher")
+        misaligned = [k for k in levels if s_shapes[k].stride != t_shapes[k].stride]
+        if misaligned:
+            aligned = [k for k in levels if k not in misaligned]
+            raise ValueError(
+                "Levels of one name must see the image at one stride, but "
+                + ", ".join(f"{k} has stride {s_shapes[k].stride} in the student and "
+                            f"{t_shapes[k].stride} in the teacher" for k in misaligned)
+                + f". Set model.levels to levels whose strides agree ({aligned or 'none'}), or "
+                "give both backbones the same stride per level"
+            )
         return list(levels)
 
     # -- the teacher lives outside nn.Module's bookkeeping; devices and modes still follow ----
@@ -346,8 +354,9 @@ class MKD(nn.Module):
 
 def image_key(batched_input: Dict, index: int) -> int:
     """The integer a mask draw is keyed by: the dataset's image id (hashed if not an int), else
-    the position in the batch (the masker mixes in the rank, so ranks still differ)."""
-    image_id = batched_input.get("image_id", index)
+    its file name (Detectron2's Cityscapes and ADE20K dicts have no image id), else the position
+    in the batch (the masker mixes in the rank, so ranks still differ)."""
+    image_id = batched_input.get("image_id", batched_input.get("file_name", index))
     if isinstance(image_id, int):
         return image_id
     return zlib.crc32(str(image_id).encode())

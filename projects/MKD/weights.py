@@ -23,13 +23,34 @@ STUDENT_PREFIX = "student."
 
 
 class _RecordingCheckpointer(DetectionCheckpointer):
-    """Detectron2's checkpointer, keeping what it found incompatible instead of only logging it.
+    """Detectron2's checkpointer, keeping what it found incompatible instead of only logging it,
+    and saying which file could not be read, and why, instead of a bare unpickling error.
 
-    ``_load_model`` is the hook through which ``Checkpointer.load`` loads the weights (Detectron2
-    overrides it for the model zoo's formats); its contract, a checkpoint in and the incompatible
-    keys out, is the same on Detectron2 0.6 and main (tests/test_weights.py pins it)."""
+    ``_load_file`` (a local file in, the checkpoint dict out) and ``_load_model`` (the checkpoint
+    in, the incompatible keys out) are the hooks through which ``Checkpointer.load`` reads and
+    loads the weights (fvcore documents ``_load_file`` as the override point for formats, and
+    Detectron2 overrides both for the model zoo's); their contracts are the same on Detectron2
+    0.6 and main (tests/test_weights.py and tests/test_bad_inputs.py pin them)."""
 
     incompatible = None
+
+    def __init__(self, model: nn.Module, role: str, path: str, setting: str):
+        super().__init__(model)
+        self.role, self.path, self.setting = role, path, setting
+
+    def _load_file(self, filename):
+        try:
+            return super()._load_file(filename)
+        except Exception as error:  # any failure to read the file: its text is kept below
+            local = ("" if filename == self.path
+                     else f" (downloaded as {filename}: delete it to download it again)")
+            raise RuntimeError(
+                f"{self.role} weights {self.path}{local} could not be read "
+                f"({type(error).__name__}: {error}). A truncated file (an interrupted download or "
+                "copy) or a file that is not a checkpoint (a Detectron2 .pth or model-zoo .pkl, "
+                "or torch.save of a state_dict) fails this way: download or copy it again, or "
+                f"point {self.setting} at a complete checkpoint."
+            ) from error
 
     def _load_model(self, checkpoint):
         self.incompatible = super()._load_model(checkpoint)
@@ -64,7 +85,7 @@ def load_verified_weights(
             f"(e.g. {setting}=/path/to/model_final.pth)."
         )
     check_weights_file(path, role, setting)
-    checkpointer = _RecordingCheckpointer(model)
+    checkpointer = _RecordingCheckpointer(model, role, path, setting)
     checkpointer.load(path, checkpointables=[])
     incompatible = checkpointer.incompatible
     what = f"{required_prefix}* parameters/buffers" if required_prefix else "parameters/buffers"
@@ -81,7 +102,8 @@ def load_verified_weights(
         if shapes:
             details.append(f"{len(shapes)} with mismatched shapes (name, file, model), "
                            f"e.g. {shapes[:3]}")
-        fix = fix or f"Check that the {role} config matches the checkpoint (depth, classes, FPN)."
+        fix = fix or (f"Check that the {role} config matches the checkpoint (depth, classes, "
+                      f"FPN), or point {setting} at weights of this {role} model.")
         raise RuntimeError(
             f"{role} weights {path} do not fit the {role} model: " + "; ".join(details)
             + f". {fix}"

@@ -12,6 +12,7 @@ from .builtin import (
     SEM_SEG_DATASETS,
     builtin_root,
     check_datasets_available,
+    check_training_data,
     ensure_builtin_dataset,
     register_builtin,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "SPLITS",
     "builtin_root",
     "check_datasets_available",
+    "check_training_data",
     "ensure_builtin_dataset",
     "generate_dataset",
     "generate_split",

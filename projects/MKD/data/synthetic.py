@@ -89,16 +89,18 @@ def split_paths(root, split):
     return json_file, os.path.join(root, split)
 
 
-def check_writable(root):
-    """Fail before any work if `root` cannot hold the dataset (e.g. its parent is a file)."""
+def check_writable(root, what="dataset root",
+                   fix="pass another --root (or set MKD_DATASETS) to a writable directory"):
+    """Fail before any work if the directory ``root`` (created if missing) cannot hold files,
+    e.g. its parent is a file or it is read-only; the error names ``what`` and the ``fix``."""
     try:
         os.makedirs(root, exist_ok=True)
         with tempfile.TemporaryFile(dir=root):
             pass
     except OSError as err:
         raise PermissionError(
-            f"dataset root {root!r} is not writable ({err.strerror or err}); "
-            "pass another --root (or set MKD_DATASETS) to a writable directory"
+            f"{what} {root!r} is not writable ({type(err).__name__}: {err.strerror or err}); "
+            f"{fix}"
         ) from err
 
 
