@@ -325,8 +325,8 @@ def test_segmentation_table_reports_miou_against_none_and_the_teacher(tmp_path):
     assert mkd["pACC"] == pytest.approx(41.0)
     assert by_method["teacher"]["mIoU"] == 60.0
     header = runs.format_table(table, bench.columns(bench.TASKS["sem_seg"])).splitlines()[0]
-    assert header == ("| method | weights | seeds | mIoU | mIoU std | mIoU - none | SE of diff | "
-                      "fwIoU | mACC | pACC | gap closed | time/iter vs none |")
+    assert header == ("| method | weights | seeds | diverged | mIoU | mIoU std | mIoU - none | "
+                      "SE of diff | fwIoU | mACC | pACC | gap closed | time/iter vs none |")
     assert bench.verdicts(table, "mIoU") == [
         "MKD - none >= 2 SE: met (+10.00 mIoU, 2 SE = 1.63)",
         "MKD >= best of mgd: met (MKD 41.00, mgd 34.00, +7.00 mIoU)",
