@@ -11,14 +11,14 @@
 6. evaluates all three with ``COCOEvaluator`` (during and at the end of training);
 7. prints the table and writes AP against iteration as a PNG.
 
-The configs are the distillation benchmark's shapes pair (``tools/benchmark_distill.py``); its
-schedules do not fit the demo's 15 minutes on 2 CPU cores (pretraining 5.5 min, teacher 600
-iterations 10.4 min, students 250 iterations at 1-1.3 s/iter), so every stage is shorter: 40 % of
-the pretraining, the teacher at 300 iterations (a fully pretrained one is at about 46 AP there,
-still far ahead of the students) and the students at 120 iterations, on the steep part of their
-curve (7 AP at 100 iterations, 22 at 200), where a teacher's help can show. Each is an option;
-the benchmark's schedules take about 25 minutes: ``--pretrain-iter 600 --teacher-iter 600
---student-iter 250`` (that pretraining is the benchmark's own, found in its cache).
+The configs are the distillation benchmark's shapes pair (``tools/benchmark_distill.py``) and
+its pretraining (600 iterations, found in its cache when the benchmark ran first). The
+benchmark's teacher and student schedules do not fit the demo's 15 minutes on 2 CPU cores
+(teacher 600 iterations 10.4 min, students 250 iterations at 1-1.9 s/iter), so the teacher
+trains 300 iterations (41.9 AP, far ahead of the students) and the students 150, on the steep
+part of their curve (7 AP at 100 iterations, 22 at 200), where a teacher's help can show: 11 min
+46 s on a fresh clone, measured. Each is an option; ``--teacher-iter 600 --student-iter 250``
+runs the benchmark's schedules (about 25 minutes).
 
 ``--smoke`` runs the same stages for a few iterations on a few generated images (for CI).
 """
@@ -30,19 +30,19 @@ import time
 
 import runs  # tools/runs.py: this script's directory is on sys.path
 from benchmark_distill import PAIRS, SMOKE_ITER, SMOKE_PRETRAINING, start_from
+import pretrain_backbone
 
 COLUMNS = ["run", "iterations", *runs.METRICS, "s/iter"]
 PAIR = PAIRS["shapes"]
-PRETRAIN_ITER = 240  # 40 % of the benchmark's pretraining (pretrain_backbone.Settings: 600)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="./demo_output")
-    parser.add_argument("--pretrain-iter", type=int, default=PRETRAIN_ITER,
+    parser.add_argument("--pretrain-iter", type=int, default=pretrain_backbone.Settings().iters,
                         help="iterations of the bottom-up's pretraining")
-    runs.add_schedule_arguments(parser, teacher_iter=300, student_iter=120)
+    runs.add_schedule_arguments(parser, teacher_iter=300, student_iter=150)
     parser.add_argument("--seed", type=int, default=0,
                         help="the students' seed: both see the same batches")
     parser.add_argument("--smoke", action="store_true",
@@ -80,8 +80,7 @@ def prepare_dataset(smoke: bool, out: str) -> None:
 def pretrained_bottom_up(args, out: str) -> str:
     """The checkpoint of ``tools/pretrain_backbone.py`` at the demo's settings (cached by their
     hash); linked as ``<out>/pretrained_R18.pth``, not at the configs' default link, which keeps
-    pointing at the benchmark's full pretraining."""
-    import pretrain_backbone
+    pointing at the benchmark's pretraining whatever ``--pretrain-iter`` says."""
     from detectron2.utils.logger import setup_logger
 
     setup_logger(name="mkd.pretrain")  # its progress: minutes on a first demo
