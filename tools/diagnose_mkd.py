@@ -36,7 +36,6 @@ A plain detector's run (the "none" row) is compared with the teacher of the firs
 import argparse
 import contextlib
 import copy
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -84,11 +83,7 @@ class RunRecord:
 
     @property
     def metrics(self) -> List[Dict]:
-        path = os.path.join(self.directory, "metrics.json")
-        if not self.directory or not os.path.isfile(path):
-            return []
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return runs.read_metrics(self.directory) if self.directory else []
 
     def final_score(self) -> Optional[float]:
         """The last evaluation's box AP (mIoU for segmentation), None without one."""

@@ -96,7 +96,7 @@ class Run:
     def evaluations(self) -> List[Dict]:
         """Every evaluation of the run's task: ``{"iteration": i, "AP": ..., ...}`` (the
         ``TASK_METRICS`` of its task), ``i`` the number of iterations trained when it ran."""
-        metrics = _read_metrics(self.output_dir)
+        metrics = read_metrics(self.output_dir)
         # Detectron2 stores a periodic evaluation at the index of the step just done, and the
         # final one (EvalHook.after_train) at max_iter, one past the last step's index.
         trained = max((m["iteration"] + 1 for m in metrics if "total_loss" in m), default=None)
@@ -109,7 +109,7 @@ class Run:
 
     def seconds_per_iter(self) -> float:
         """Median of Detectron2's per-iteration ``time`` over the run's logged windows."""
-        times = sorted(m["time"] for m in _read_metrics(self.output_dir) if "time" in m)
+        times = sorted(m["time"] for m in read_metrics(self.output_dir) if "time" in m)
         return times[len(times) // 2] if times else math.nan
 
 
@@ -117,7 +117,8 @@ class Run:
 DIVERGED = "diverged.txt"
 
 
-def _read_metrics(output_dir: str) -> List[Dict]:
+def read_metrics(output_dir: str) -> List[Dict]:
+    """Every line Detectron2's JSONWriter wrote to the run's metrics.json (none without it)."""
     path = os.path.join(output_dir, "metrics.json")
     if not os.path.isfile(path):
         return []
