@@ -80,6 +80,14 @@ def test_choose_factors_takes_the_best_mean_and_prefers_x1_on_ties():
     assert chosen == {"mimic": 3.0, "mkd": 1.0}
 
 
+def test_unfinished_runs_go_seed_by_seed_across_rows(tmp_path):
+    planned = {name: [runs.Run(f"{name} seed {seed}", "cfg.py", str(tmp_path / name / str(seed)),
+                               [], "bbox") for seed in (0, 1, 2)] for name in ("none", "mkd")}
+    _fake_run(planned["none"][0], 30.0)
+    order = [run.name for run in bench.unfinished_seed_by_seed(planned)]
+    assert order == ["mkd seed 0", "none seed 1", "mkd seed 1", "none seed 2", "mkd seed 2"]
+
+
 def _fake_run(run, score, iteration=5, time=0.5):
     """A finished run as train_net.py leaves it: model_final.pth and metrics.json, every metric
     of its task at ``score``."""

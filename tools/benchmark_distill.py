@@ -327,6 +327,13 @@ def student_runs(args, rows: Sequence[Row], teacher, schedule, student_score, bo
     return planned
 
 
+def unfinished_seed_by_seed(planned: Dict[str, List["runs.Run"]]) -> List["runs.Run"]:
+    """The runs still to train, every row's first seed before any row's second: a command cut
+    short leaves all methods on the same seeds, comparable, instead of the last rows empty."""
+    indexed = [(i, run) for rs in planned.values() for i, run in enumerate(rs) if not run.finished]
+    return [run for _, run in sorted(indexed, key=lambda item: item[0])]
+
+
 def se_of_difference(a: Sequence[float], b: Sequence[float]) -> float:
     """Standard error of mean(a) - mean(b) for independent seeds: sqrt(s_a²/n_a + s_b²/n_b)."""
     if len(a) < 2 or len(b) < 2:
@@ -594,7 +601,7 @@ def main(argv=None):
             f.write(f"{args.pair} {' '.join(args.overrides)}\n{text}\n\n")
         return table
 
-    todo = [r for rs in planned.values() for r in rs if not r.finished]
+    todo = unfinished_seed_by_seed(planned)
     print(f"[benchmark] {len(todo)} of {sum(map(len, planned.values()))} student runs to train, "
           f"{args.jobs} at a time (finished runs are reused)", flush=True)
     runs.launch(todo, jobs=args.jobs, threads=1, prefix="  ")
