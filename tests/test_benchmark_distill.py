@@ -361,7 +361,7 @@ def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_table_mkd(t
     methods = plan(["--methods", "none", "mkd"], lambda a: bench.table_rows(a, factors))
     assert list(ablations) == ["none", "mkd"] + [f"mkd[{t}]" for t in bench.ABLATIONS]
     assert set(bench.ABLATIONS) == {
-        "single-pass-frozen-bn", "no-global-loss", "hidden-positions-only", "mask-ratio-0.3",
+        "distiller-lr-x10", "single-pass-frozen-bn", "no-global-loss", "hidden-positions-only", "mask-ratio-0.3",
         "mask-ratio-0.75", "decoder-depth-1", "decoder-depth-4"}
     for name in ("none", "mkd"):
         assert [r.output_dir for r in ablations[name]] == [r.output_dir for r in methods[name]]
@@ -514,6 +514,19 @@ def test_smoke_ablation_of_the_frozen_bn_single_pass_evaluates_with_clean_statis
     # Frozen through training, the running mean would still be BN's initial zeros.
     running_mean = state["student.backbone.bottom_up.stem.conv1.norm.running_mean"]
     assert torch.isfinite(running_mean).all() and running_mean.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_smoke_ablation_of_the_distiller_lr_trains_through_train_net(smoke_dir):
+    rows = bench.main(["--smoke", "--seeds", "0", "--ablations", "distiller-lr-x10",
+                       "--output-dir", str(smoke_dir)])
+    assert [r["method"] for r in rows] == ["none", "mkd", "mkd[distiller-lr-x10]", "teacher"]
+    assert all(math.isfinite(r["AP"]) for r in rows)
+    (run_dir,) = [d for d in (smoke_dir / "mkd").iterdir()
+                  if "distiller_lr_factor" in (d / "config.yaml").read_text()]
+    optimizer = LazyConfig.load(str(run_dir / "config.yaml")).optimizer
+    assert optimizer.params.distiller_lr_factor == 10
+    assert optimizer.params.base_lr == optimizer.lr  # the interpolation, resolved
 
 
 @pytest.mark.slow

@@ -9,10 +9,12 @@ from .distillers import DistillContext, FeatureDistiller, MKDDistiller
 from .losses import FeatureLoss, GcBlock, GlobalLoss, normalize_features
 from .masking import MaskedConvolutions, PatchMask, PatchMasker
 from .meta_arch import MKD
+from .solver import distillation_param_groups
 from .weights import load_verified_weights, student_state_dict
 
 __all__ = [
     "MKD", "MKDDecoder", "MKDDistiller", "FeatureDistiller", "DistillContext", "FeatureLoss",
     "GlobalLoss", "GcBlock", "normalize_features", "PatchMask", "PatchMasker",
     "MaskedConvolutions", "add_mkd_config", "load_verified_weights", "student_state_dict",
+    "distillation_param_groups",
 ]

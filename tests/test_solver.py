@@ -1,0 +1,70 @@
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.solver import LRMultiplier, get_default_optimizer_params
+
+import tiny
+from mkd.overrides import apply_known_overrides
+from mkd.solver import distillation_param_groups
+from test_meta_arch import make_mkd, train_step
+
+# What the benchmark's decoder-LR ablation and a user's command line write.
+FACTOR_OVERRIDES = ["optimizer.params._target_=mkd.solver.distillation_param_groups",
+                    "+optimizer.params.base_lr=${optimizer.lr}",
+                    "+optimizer.params.distiller_lr_factor=10"]
+
+
+def _lrs(optimizer, model):
+    by_param = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    distiller = {id(p) for p in model.distiller.parameters()}
+    inside = {lr for i, lr in by_param.items() if i in distiller}
+    outside = {lr for i, lr in by_param.items() if i not in distiller}
+    return by_param, inside, outside
+
+
+def test_distiller_lr_factor_scales_only_the_distillers_groups_from_a_lazy_config(tmp_path):
+    model = make_mkd(tmp_path)
+    cfg = LazyConfig.load("configs/shapes/mkd.py")
+    cfg = apply_known_overrides(cfg, FACTOR_OVERRIDES + ["optimizer.lr=0.02"], "mkd.py")
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+
+    by_param, inside, outside = _lrs(optimizer, model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert set(by_param) == {id(p) for p in trainable}  # every trainable parameter, once
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
+    assert len(inside) == 1 and inside.pop() == pytest.approx(0.2) and outside == {0.02}  # follows the overridden lr
+    # Weight decay stays Detectron2's: none on norms, inside the distiller too.
+    decoder_norm = model.distiller.decoder.norm.weight
+    assert [g["weight_decay"] for g in optimizer.param_groups
+            if any(p is decoder_norm for p in g["params"])] == [0.0]
+
+    # The LR schedule scales every group from its own start (LRMultiplier keeps the ratio).
+    scheduler = instantiate(cfg.lr_multiplier)
+    lr_scheduler = LRMultiplier(optimizer, multiplier=scheduler, max_iter=cfg.train.max_iter)
+    for _ in range(3):
+        train_step(model)
+        optimizer.step()
+        optimizer.zero_grad()
+        lr_scheduler.step()
+    _, inside, outside = _lrs(optimizer, model)
+    (lr_in,), (lr_out,) = inside, outside
+    assert lr_out < 0.02 and lr_in == pytest.approx(10 * lr_out)
+
+
+def test_factor_one_is_detectron2s_default_groups(tmp_path):
+    model = make_mkd(tmp_path)
+    ours = distillation_param_groups(model, base_lr=0.01, weight_decay=1e-4, weight_decay_norm=0)
+    theirs = get_default_optimizer_params(model, base_lr=0.01, weight_decay=1e-4,
+                                          weight_decay_norm=0)
+    assert [(g["lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in ours] == \
+        [(g["lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in theirs]
+
+
+def test_bad_factor_and_plain_detector_are_refused_with_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"distiller_lr_factor=0.*must be > 0"):
+        distillation_param_groups(make_mkd(tmp_path), base_lr=0.01, distiller_lr_factor=0)
+    with pytest.raises(ValueError, match=r"RetinaNet has none\. Set the factor to 1"):
+        distillation_param_groups(tiny.build(), base_lr=0.01, distiller_lr_factor=3)
+    assert isinstance(distillation_param_groups(tiny.build(), base_lr=0.01)[0]["params"][0],
+                      torch.nn.Parameter)
