@@ -61,17 +61,19 @@ def test_se_of_difference_and_gap_closed_on_made_up_numbers():
 def test_verdicts_say_met_or_by_how_much_missed():
     table = [{"method": "none", "AP": 20.0},
              {"method": "fgd", "AP": 24.0},
+             {"method": "mgd", "AP": 25.5},
              {"method": "fgd_recipe", "AP": 26.0},
              {"method": "mkd", "AP": 25.0, "AP - none": 5.0, "SE of diff": 3.0,
               "gap closed": 0.25},
              {"method": "teacher", "AP": 40.0}]
     lines = bench.verdicts(table, "AP")
     assert lines[0] == "MKD - none >= 2 SE: missed (+5.00 AP, 2 SE = 6.00, short by 1.00 AP)"
-    assert lines[1] == ("MKD >= best of fgd/fgd_recipe: missed (MKD 25.00, fgd_recipe 26.00, "
-                        "-1.00 AP)")
-    assert lines[2] == "MKD closes >= 30% of the gap: missed (25.0%, short by 5.0 points)"
-    table[3].update({"AP": 27.0, "AP - none": 7.0, "gap closed": 0.35})
-    assert [line.split(":")[1].split()[0] for line in bench.verdicts(table, "AP")] == ["met"] * 3
+    assert lines[1] == "MKD >= best of fgd/mgd: missed (MKD 25.00, mgd 25.50, -0.50 AP)"
+    assert lines[2] == ("MKD >= fgd_recipe (a published recipe, its own row): missed "
+                        "(MKD 25.00, fgd_recipe 26.00, -1.00 AP)")
+    assert lines[3] == "MKD closes >= 30% of the gap: missed (25.0%, short by 5.0 points)"
+    table[4].update({"AP": 27.0, "AP - none": 7.0, "gap closed": 0.35})
+    assert [line.split(":")[1].split()[0] for line in bench.verdicts(table, "AP")] == ["met"] * 4
 
 
 def test_choose_factors_takes_the_best_mean_and_prefers_x1_on_ties():
@@ -361,7 +363,7 @@ def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_table_mkd(t
     methods = plan(["--methods", "none", "mkd"], lambda a: bench.table_rows(a, factors))
     assert list(ablations) == ["none", "mkd"] + [f"mkd[{t}]" for t in bench.ABLATIONS]
     assert set(bench.ABLATIONS) == {
-        "distiller-lr-x10", "single-pass-frozen-bn", "no-global-loss", "hidden-positions-only", "mask-ratio-0.3",
+        "distiller-lr-x10", "init-from-teacher", "single-pass-frozen-bn", "no-global-loss", "hidden-positions-only", "mask-ratio-0.3",
         "mask-ratio-0.75", "decoder-depth-1", "decoder-depth-4"}
     for name in ("none", "mkd"):
         assert [r.output_dir for r in ablations[name]] == [r.output_dir for r in methods[name]]
