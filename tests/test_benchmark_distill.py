@@ -363,8 +363,9 @@ def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_table_mkd(t
     methods = plan(["--methods", "none", "mkd"], lambda a: bench.table_rows(a, factors))
     assert list(ablations) == ["none", "mkd"] + [f"mkd[{t}]" for t in bench.ABLATIONS]
     assert set(bench.ABLATIONS) == {
-        "distiller-lr-x10", "init-from-teacher", "single-pass-frozen-bn", "no-global-loss", "hidden-positions-only", "mask-ratio-0.3",
-        "mask-ratio-0.75", "decoder-depth-1", "decoder-depth-4"}
+        "distiller-lr-x10", "init-from-teacher", "single-pass-frozen-bn", "no-global-loss",
+        "hidden-positions-only", "mask-ratio-0.3", "mask-ratio-0.75", "decoder-depth-1",
+        "decoder-depth-4"}
     for name in ("none", "mkd"):
         assert [r.output_dir for r in ablations[name]] == [r.output_dir for r in methods[name]]
     for tag, extra in bench.ABLATIONS.items():

@@ -33,7 +33,8 @@ def test_distiller_lr_factor_scales_only_the_distillers_groups_from_a_lazy_confi
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert set(by_param) == {id(p) for p in trainable}  # every trainable parameter, once
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
-    assert len(inside) == 1 and inside.pop() == pytest.approx(0.2) and outside == {0.02}  # follows the overridden lr
+    # Both follow the overridden lr.
+    assert len(inside) == 1 and inside.pop() == pytest.approx(0.2) and outside == {0.02}
     # Weight decay stays Detectron2's: none on norms, inside the distiller too.
     decoder_norm = model.distiller.decoder.norm.weight
     assert [g["weight_decay"] for g in optimizer.param_groups

@@ -128,11 +128,11 @@ ABLATIONS = {
     "distiller-lr-x10": ["optimizer.params._target_=mkd.solver.distillation_param_groups",
                          "+optimizer.params.base_lr=${optimizer.lr}",
                          "+optimizer.params.distiller_lr_factor=10"],
-    # One masked pass; BN running statistics frozen there and estimated on clean training
-    # images before each evaluation (Detectron2's PreciseBN on the student).
     # FGD's published recipe applied to MKD: the student's neck and head start from the
     # teacher's, so that row and MKD's differ only in the distillation.
     "init-from-teacher": ["model.init_student_from_teacher=True"],
+    # One masked pass; BN running statistics frozen there and estimated on clean training
+    # images before each evaluation (Detectron2's PreciseBN on the student).
     "single-pass-frozen-bn": ["model.task_pass=masked", "model.freeze_norm_statistics=True",
                               "train.precise_bn.enabled=True", "train.precise_bn.num_iter=20"],
     "no-global-loss": ["model.distiller.global_loss=null"],
