@@ -504,15 +504,22 @@ def test_benchmark_smoke_has_every_row_with_finite_numbers_and_the_targets(smoke
     assert (smoke_dir / "ap_vs_iteration.png").stat().st_size > 0
 
 
+def _smoke_ablation(smoke_dir, name, config_text):
+    """Runs one ablation beside none and MKD (finite AP each); returns its run's directory, the
+    MKD run whose config.yaml contains ``config_text``."""
+    rows = bench.main(["--smoke", "--seeds", "0", "--ablations", name,
+                       "--output-dir", str(smoke_dir)])
+    assert [r["method"] for r in rows] == ["none", "mkd", f"mkd[{name}]", "teacher"]
+    assert all(math.isfinite(r["AP"]) for r in rows)
+    (run_dir,) = [d for d in (smoke_dir / "mkd").iterdir()
+                  if config_text in (d / "config.yaml").read_text()]
+    return run_dir
+
+
 @pytest.mark.slow
 def test_smoke_ablation_of_the_frozen_bn_single_pass_evaluates_with_clean_statistics(
         smoke_dir):
-    rows = bench.main(["--smoke", "--seeds", "0", "--ablations", "single-pass-frozen-bn",
-                       "--output-dir", str(smoke_dir)])
-    assert [r["method"] for r in rows] == ["none", "mkd", "mkd[single-pass-frozen-bn]", "teacher"]
-    assert all(math.isfinite(r["AP"]) for r in rows)
-    (run_dir,) = [d for d in (smoke_dir / "mkd").iterdir()
-                  if "freeze_norm_statistics: true" in (d / "config.yaml").read_text()]
+    run_dir = _smoke_ablation(smoke_dir, "single-pass-frozen-bn", "freeze_norm_statistics: true")
     state = torch.load(run_dir / "model_final.pth", map_location="cpu")["model"]
     # Frozen through training, the running mean would still be BN's initial zeros.
     running_mean = state["student.backbone.bottom_up.stem.conv1.norm.running_mean"]
@@ -521,12 +528,7 @@ def test_smoke_ablation_of_the_frozen_bn_single_pass_evaluates_with_clean_statis
 
 @pytest.mark.slow
 def test_smoke_ablation_of_the_distiller_lr_trains_through_train_net(smoke_dir):
-    rows = bench.main(["--smoke", "--seeds", "0", "--ablations", "distiller-lr-x10",
-                       "--output-dir", str(smoke_dir)])
-    assert [r["method"] for r in rows] == ["none", "mkd", "mkd[distiller-lr-x10]", "teacher"]
-    assert all(math.isfinite(r["AP"]) for r in rows)
-    (run_dir,) = [d for d in (smoke_dir / "mkd").iterdir()
-                  if "distiller_lr_factor" in (d / "config.yaml").read_text()]
+    run_dir = _smoke_ablation(smoke_dir, "distiller-lr-x10", "distiller_lr_factor")
     optimizer = LazyConfig.load(str(run_dir / "config.yaml")).optimizer
     assert optimizer.params.distiller_lr_factor == 10
     assert optimizer.params.base_lr == optimizer.lr  # the interpolation, resolved

@@ -398,18 +398,18 @@ def verdicts(table: Sequence[Dict], metric: str) -> List[str]:
     lines.append(f"MKD - none >= 2 SE: {'met' if met else 'missed'} "
                  f"({diff:+.2f} {metric}, 2 SE = {2 * se:.2f}"
                  + ("" if met else f", short by {2 * se - diff:.2f} {metric}") + ")")
+
+    def at_least(target: str, other: Dict) -> str:
+        margin = mkd[metric] - other[metric]
+        return (f"MKD >= {target}: {'met' if margin >= 0 else 'missed'} (MKD {mkd[metric]:.2f}, "
+                f"{other['method']} {other[metric]:.2f}, {margin:+.2f} {metric})")
+
     baselines = [by_name[m] for m in BASELINES if m in by_name]
     if baselines:
-        best = max(baselines, key=lambda row: row[metric])
-        margin = mkd[metric] - best[metric]
-        lines.append(f"MKD >= best of {'/'.join(r['method'] for r in baselines)}: "
-                     f"{'met' if margin >= 0 else 'missed'} (MKD {mkd[metric]:.2f}, "
-                     f"{best['method']} {best[metric]:.2f}, {margin:+.2f} {metric})")
-    for recipe in (by_name[m] for m in RECIPES if m in by_name):
-        margin = mkd[metric] - recipe[metric]
-        lines.append(f"MKD >= {recipe['method']} (a published recipe, its own row): "
-                     f"{'met' if margin >= 0 else 'missed'} (MKD {mkd[metric]:.2f}, "
-                     f"{recipe['method']} {recipe[metric]:.2f}, {margin:+.2f} {metric})")
+        lines.append(at_least(f"best of {'/'.join(r['method'] for r in baselines)}",
+                              max(baselines, key=lambda row: row[metric])))
+    lines += [at_least(f"{m} (a published recipe, its own row)", by_name[m])
+              for m in RECIPES if m in by_name]
     closed = mkd["gap closed"]
     lines.append(f"MKD closes >= 30% of the gap: {'met' if closed >= 0.3 else 'missed'} "
                  f"({100 * closed:.1f}%" + ("" if closed >= 0.3 else
