@@ -235,7 +235,7 @@ def test_task_picks_its_default_pair_and_a_pair_implies_its_task():
     assert default.methods == bench.METHODS
     assert bench.parse_args(["--pair", "digits"]).task == "detection"
     seg = bench.parse_args(["--task", "sem_seg"])
-    assert (seg.pair, seg.pretrained) == ("shapes_seg", False)
+    assert (seg.pair, seg.pretrained) == ("shapes_seg", True)
     assert seg.methods == ["none", "mimic", "mgd", "mkd"]  # FGD needs boxes
     assert seg.output_dir.endswith(os.path.join("benchmark_distill", "shapes_seg"))
     assert bench.parse_args(["--pair", "shapes_seg"]).task == "sem_seg"
@@ -253,9 +253,9 @@ def test_a_pair_of_another_task_or_a_method_it_lacks_is_refused(capsys):
 
 
 @pytest.mark.parametrize("argv, pretrained, folder", [
-    (["--task", "sem_seg"], False, "shapes_seg"),
-    (["--task", "sem_seg", "--pretrained"], True, "shapes_seg_pretrained"),
-    (["--task", "sem_seg", "--no-pretrained"], False, "shapes_seg"),
+    (["--task", "sem_seg"], True, "shapes_seg"),
+    (["--task", "sem_seg", "--pretrained"], True, "shapes_seg"),
+    (["--task", "sem_seg", "--no-pretrained"], False, "shapes_seg_scratch"),
     (["--no-pretrained"], False, "shapes_scratch"),
     (["--pretrained"], True, "shapes"),
 ])
@@ -285,7 +285,8 @@ def test_segmentation_pair_pretrains_the_detector_that_has_its_bottom_up(tmp_pat
                              "--methods", "none", "mkd", "--output-dir", str(tmp_path)])
     detector = bench.pretrained_bottom_up(args)
     assert detector == runs.config_path("student", "shapes")
-    assert bench.pretrained_bottom_up(bench.parse_args(["--task", "sem_seg"])) == ""
+    assert bench.pretrained_bottom_up(bench.parse_args(["--task", "sem_seg",
+                                                        "--no-pretrained"])) == ""
     pretrained = _bottom_up_shapes(detector)
     for name in (pair.teacher, pair.methods["none"]):
         assert _bottom_up_shapes(runs.config_path(name, pair.folder)) == pretrained, name

@@ -245,6 +245,9 @@ def test_shapes_seg_config_trains_and_evaluates_miou(shapes_root, tmp_path, name
     overrides = list(SMALL_LOADERS)
     if name in ("mkd", "mimic", "mgd"):
         overrides.append(_teacher_weights(LazyConfig.load(str(config)), tmp_path / "t.pth"))
+        overrides.append("model.student_weights=null")  # not the pretrained bottom-up's link
+    else:
+        overrides.append("train.init_checkpoint=")
     args, cfg = train_net_setup(config, tmp_path, overrides + ["train.max_iter=2"])
     assert instantiate(cfg.dataloader.evaluator)._num_classes == NUM_CLASSES
     train_net.do_train(args, cfg)
@@ -257,7 +260,7 @@ def test_shapes_seg_config_trains_and_evaluates_miou(shapes_root, tmp_path, name
 def test_export_gives_the_plain_semantic_segmentor(tmp_path):
     config = str(SHAPES_SEG / "mkd.py")
     small = ["model.distiller.decoder.width=32", "model.distiller.decoder.num_heads=4",
-             "model.teacher_weights=null"]
+             "model.teacher_weights=null", "model.student_weights=null"]
     cfg = LazyConfig.apply_overrides(LazyConfig.load(config), small)
     model = instantiate(cfg.model)
     torch.save({"model": model.teacher.state_dict()}, tmp_path / "teacher.pth")

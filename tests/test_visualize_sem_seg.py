@@ -63,7 +63,8 @@ def test_figure_draws_a_plain_checkpoint_and_an_mkd_run_directory(shapes_root,  
     teacher = _predicting(instantiate(LazyConfig.load(str(SHAPES_SEG / "teacher.py")).model), 3)
     torch.save({"model": teacher.state_dict()}, tmp_path / "teacher.pth")
     cfg = LazyConfig.apply_overrides(LazyConfig.load(str(SHAPES_SEG / "mkd.py")), [
-        "model.teacher_weights=null", "model.distiller.decoder.width=32"])
+        "model.teacher_weights=null", "model.student_weights=null",
+        "model.distiller.decoder.width=32"])
     mkd = instantiate(cfg.model)
     _predicting(mkd.student, 5)
     run = tmp_path / "mkd_run"

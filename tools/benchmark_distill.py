@@ -33,7 +33,7 @@ initialisation (trained teacher, N batches, no update), with the factor on the m
 weights that gives it MKD's initial distillation-to-task ratio (the calibrated weights x1 should
 show factor 1).
 
-A pair with ``pretrained=True`` (shapes; any pair with ``--pretrained``) starts the teacher and
+A pair with ``pretrained=True`` (shapes, shapes_seg; any pair with ``--pretrained``) starts the teacher and
 every student from the bottom-up of ``tools/pretrain_backbone.py`` (trained before the teacher
 on the first command, then found in its cache); runs name its hashed checkpoint, not the fixed
 link the configs default to, so a change of the pretraining settings is a new teacher and new
@@ -102,9 +102,11 @@ PAIRS = {
         "mkd": "retinanet_R50_to_R18_mkd"}, teacher_iter=900, student_iter=150),
     # A segmentation split has no boxes to pretrain on: the shapes detector's student has the
     # same ResNet-18 bottom-up (state-dict keys and shapes) and the same train images.
+    # Pretrained (measured, seed 0): teacher 51.9 mIoU, student 15.1; from scratch the teacher
+    # reaches only 22.0 against the student's 14.1, too close to judge a distillation.
     "shapes_seg": Pair("shapes", "shapes_seg", "teacher", {
-        "none": "student", "mimic": "mimic", "mgd": "mgd", "mkd": "mkd"}, task="sem_seg",
-        pretraining_config="shapes/student"),
+        "none": "student", "mimic": "mimic", "mgd": "mgd", "mkd": "mkd"}, pretrained=True,
+        task="sem_seg", pretraining_config="shapes/student"),
 }
 METHODS = ["none", "mimic", "fgd", "fgd_recipe", "mgd", "mkd"]
 #: Every loss weight of a tuned method: the tuning factor multiplies them all (keeps their balance).

@@ -12,6 +12,9 @@ from .teacher import train as _teacher_train
 
 model.student = _student
 model.teacher = _teacher
+# The student starts from the plain student's pretrained bottom-up (as configs/shapes/mkd.py).
+model.student_weights = train.init_checkpoint
+train.init_checkpoint = ""
 model.teacher_weights = _teacher_train.output_dir + "/model_final.pth"
 # A smaller decoder for small images on CPU (16 tokens per level at 128 px).
 model.distiller.decoder.update(width=128, num_heads=4)

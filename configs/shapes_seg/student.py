@@ -1,5 +1,7 @@
-"""The segmentation student of the shapes proxy: semantic FPN R18 from scratch at the short
-student schedule, on the shapes' per-pixel labels (background + 8 classes).
+"""The segmentation student of the shapes proxy: semantic FPN R18 at the short student
+schedule, on the shapes' per-pixel labels (background + 8 classes), its bottom-up the detection
+student's pretrained one (``output/pretrained/shapes_R18.pth``: ``python
+tools/pretrain_backbone.py --config-file configs/shapes/student.py``, cached).
 
 Detectron2's semantic FPN (configs/common/models/semantic_fpn.py) edited as the detection
 configs edit RetinaNet to train from scratch on CPU: BN in the ResNet, GN in the FPN, 128 wide.
@@ -25,3 +27,6 @@ train.eval_period = 100
 train.log_period = 20
 train.checkpointer.period = 200
 train.output_dir = "./output/shapes_seg/student"
+# The detection student's pretrained bottom-up (same ResNet-18 keys, same train images): from
+# scratch the teacher learns too little to teach (README, "Semantic segmentation").
+train.init_checkpoint = "./output/pretrained/shapes_R18.pth"

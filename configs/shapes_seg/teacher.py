@@ -1,6 +1,7 @@
-"""The segmentation teacher of the shapes proxy: the student's semantic FPN R18 trained three
-times longer (as configs/shapes/teacher.py: from scratch on CPU, a deeper ResNet learns more
-slowly per iteration, so the teacher's extra knowledge comes from its schedule).
+"""The segmentation teacher of the shapes proxy: the student's semantic FPN R18, from the same
+pretrained bottom-up, trained three times longer (as configs/shapes/teacher.py: on CPU a deeper
+ResNet learns more slowly per iteration, so the teacher's extra knowledge comes from its
+schedule).
 
 Its own copy of the model edits, not an import of student.py, so that tuning the student does
 not change the teacher's config hash and invalidate a cached teacher.
@@ -24,3 +25,6 @@ train.eval_period = 200
 train.log_period = 20
 train.checkpointer.period = 600
 train.output_dir = "./output/shapes_seg/teacher"
+# The student's pretrained bottom-up: from scratch this teacher reached 22.0 mIoU, 7.9 above
+# the student, too little to teach (README, "Semantic segmentation").
+train.init_checkpoint = "./output/pretrained/shapes_R18.pth"
