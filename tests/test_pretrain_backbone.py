@@ -101,3 +101,12 @@ def test_a_test_split_among_the_train_data_is_refused():
     cfg.dataloader.test.dataset.names = cfg.dataloader.train.dataset.names
     with pytest.raises(ValueError, match="leak the evaluation data.*distinct"):
         pretrain_backbone.train_dataset_names(cfg)
+
+
+def test_a_segmentation_config_is_refused_before_anything_is_written(tmp_path):
+    """A segmentor has no boxes to crop: the error names the detector config to pretrain."""
+    config = str(REPO / "configs" / "shapes_seg" / "student.py")
+    with pytest.raises(ValueError, match="SemanticSegmentor, not a detector with num_classes.*"
+                                         "configs/shapes/student.py"):
+        pretrain_backbone.pretrain(config, TINY, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

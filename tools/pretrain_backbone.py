@@ -166,6 +166,13 @@ def pretrain(config_file: str, settings: Settings, output_root: str = DEFAULT_OU
     cfg = LazyConfig.load(config_file)
     names = train_dataset_names(cfg)
     model = instantiate(cfg.model)
+    if not hasattr(model, "num_classes"):
+        raise ValueError(
+            f"{config_file} builds a {type(model).__name__}, not a detector with num_classes "
+            "(RetinaNet, FCOS): pretraining classifies crops of the boxes of the detector's "
+            "train split into its classes. Pretrain such a detector with the same bottom-up on "
+            "the same images instead (for configs/shapes_seg/: --config-file "
+            "configs/shapes/student.py) and start from its checkpoint.")
     bottom_up = model.backbone.bottom_up
     depth = OmegaConf.select(cfg, "model.backbone.bottom_up.stages.depth", default="")
     dataset = "_".join(BUILTIN_DATASETS[n][0] if n in BUILTIN_DATASETS else n for n in names)
