@@ -33,11 +33,11 @@ initialisation (trained teacher, N batches, no update), with the factor on the m
 weights that gives it MKD's initial distillation-to-task ratio (the calibrated weights x1 should
 show factor 1).
 
-A pair with ``pretrained=True`` (shapes, shapes_seg; any pair with ``--pretrained``) starts the teacher and
-every student from the bottom-up of ``tools/pretrain_backbone.py`` (trained before the teacher
-on the first command, then found in its cache); runs name its hashed checkpoint, not the fixed
-link the configs default to, so a change of the pretraining settings is a new teacher and new
-runs. ``--no-pretrained`` trains a pretrained pair from scratch.
+A pair with ``pretrained=True`` (shapes, shapes_seg; any pair with ``--pretrained``) starts
+the teacher and every student from the bottom-up of ``tools/pretrain_backbone.py`` (trained
+before the teacher on the first command, then found in its cache); runs name its hashed
+checkpoint, not the fixed link the configs default to, so a change of the pretraining settings
+is a new teacher and new runs. ``--no-pretrained`` trains a pretrained pair from scratch.
 
 ``--smoke`` runs any mode for a few iterations on a few generated images (for tests).
 """
