@@ -133,7 +133,7 @@ def test_tuning_chooses_on_tuning_seeds_only_and_the_table_uses_its_factors(tmp_
     assert tuned["factors"] == {"mimic": 3.0, "mkd": 0.3}
     assert tuned["tuning_seeds"] == [100, 101]
 
-    factors = bench.load_factors(args, teacher)
+    factors = bench.load_factors(args, teacher, [])
     table = bench.student_runs(args, bench.table_rows(args, factors), teacher, [], [], bottom_up)
     base = bench.student_runs(args, bench.table_rows(args, {}), teacher, [], [], bottom_up)
     assert _weight(table["mimic"][0], "model.distiller.weight") == pytest.approx(
@@ -151,6 +151,17 @@ def test_tuning_chooses_on_tuning_seeds_only_and_the_table_uses_its_factors(tmp_
 
     with pytest.raises(SystemExit, match=r"seeds \[100\] chose the weights"):
         bench.main(common[:-3] + ["100", "1"])
+
+    # An edited student recipe (here: the teacher's, 600 iterations) invalidates the tuning.
+    config_file = bench.config_file
+    monkeypatch.setattr(bench, "config_file", lambda args, method: runs.config_path(
+        "teacher", "shapes") if method == "none" else config_file(args, method))
+    with pytest.raises(SystemExit, match=r"was tuned for .* rerun --tune"):
+        bench.load_factors(args, teacher, [])
+    # So does another student schedule.
+    monkeypatch.setattr(bench, "config_file", config_file)
+    with pytest.raises(SystemExit, match=r"was tuned for .* rerun --tune"):
+        bench.load_factors(args, teacher, runs.schedule(150))
 
 
 class _ScriptRun(runs.Run):
@@ -346,7 +357,7 @@ def test_segmentation_table_reports_miou_against_none_and_the_teacher(tmp_path):
 
 def test_table_without_tuning_uses_calibrated_weights_and_warns(tmp_path, capsys):
     args = bench.parse_args(["--output-dir", str(tmp_path)])
-    assert bench.load_factors(args, runs.Run("teacher", "unused", str(tmp_path / "t"))) == {}
+    assert bench.load_factors(args, runs.Run("teacher", "unused", str(tmp_path / "t")), []) == {}
     assert "WARNING" in capsys.readouterr().out
 
 

@@ -426,13 +426,17 @@ def choose_factors(mean_score: Dict[str, Dict[float, float]]) -> Dict[str, float
             for method, by_factor in mean_score.items()}
 
 
-def tuning_context(args, teacher) -> Dict:
-    """What the tuned factors are valid for: the same pair, teacher and student schedule."""
-    return {"pair": args.pair, "teacher": teacher.output_dir, "student_iter": args.student_iter,
-            "overrides": list(args.overrides)}
+def tuning_context(args, teacher, student_schedule: Sequence[str]) -> Dict:
+    """What the tuned factors are valid for: the same pair, teacher and overrides, and the same
+    configs (hashes) of the student and each tuned method at ``student_schedule``: an edited
+    recipe, or another schedule, needs a new tuning."""
+    methods = [m for m in PAIRS[args.pair].methods if m == "none" or m in LOSS_WEIGHTS]
+    configs = {m: runs.config_hash(config_file(args, m), student_schedule) for m in methods}
+    return {"pair": args.pair, "teacher": teacher.output_dir, "overrides": list(args.overrides),
+            "configs": configs}
 
 
-def tune(args, planned, rows: Sequence[Row], teacher) -> List[Dict]:
+def tune(args, planned, rows: Sequence[Row], teacher, student_schedule) -> List[Dict]:
     """Writes the chosen factors with the grid's mean score; returns the grid's table."""
     metric = TASKS[args.task].metric
     factor_of = {row.name: (row.method, row.factor) for row in rows}
@@ -446,7 +450,7 @@ def tune(args, planned, rows: Sequence[Row], teacher) -> List[Dict]:
         json.dump({"factors": chosen, "tuning_seeds": list(args.tune_seeds),
                    f"mean_{metric}": {m: {f"{k:g}": v for k, v in d.items()}
                                       for m, d in mean_score.items()},
-                   "context": tuning_context(args, teacher)}, f, indent=1)
+                   "context": tuning_context(args, teacher, student_schedule)}, f, indent=1)
     table = []
     for name, seed_runs in planned.items():
         method, factor = factor_of[name]
@@ -459,7 +463,7 @@ def tune(args, planned, rows: Sequence[Row], teacher) -> List[Dict]:
     return table
 
 
-def load_factors(args, teacher) -> Dict[str, float]:
+def load_factors(args, teacher, student_schedule: Sequence[str]) -> Dict[str, float]:
     """The tuned factors of ``--tune`` (checked to fit this command), else x1 with a warning."""
     path = os.path.join(args.output_dir, TUNING_FILE)
     if not os.path.isfile(path):
@@ -469,10 +473,11 @@ def load_factors(args, teacher) -> Dict[str, float]:
         return {}
     with open(path) as f:
         tuned = json.load(f)
-    if tuned["context"] != tuning_context(args, teacher):
-        raise SystemExit(f"{path} was tuned for {tuned['context']}, this command is "
-                         f"{tuning_context(args, teacher)}: rerun --tune with this command's "
-                         "options, or give this command the tuned ones")
+    context = tuning_context(args, teacher, student_schedule)
+    if tuned["context"] != context:
+        raise SystemExit(f"{path} was tuned for {tuned['context']}, this command is {context}: "
+                         "rerun --tune with this command's options and configs (finished runs "
+                         "are reused), or give this command the tuned options")
     shared = sorted(set(tuned["tuning_seeds"]) & set(args.seeds))
     if shared:
         raise SystemExit(f"seeds {shared} chose the weights ({path}) and cannot also report "
@@ -601,15 +606,15 @@ def main(argv=None):
               f"{teacher.output_dir}", flush=True)
         runs.launch([teacher], jobs=1, threads=max(1, os.cpu_count() or 1), prefix="  ")
 
+    student_schedule = schedule(args.student_iter) + extra
     if args.probe:  # the calibrated weights themselves
         rows = table_rows(args, {})
     elif args.tune:
         rows = tuning_rows(args)
     else:
-        factors = load_factors(args, teacher)
+        factors = load_factors(args, teacher, student_schedule)
         rows = ablation_rows(args, factors) if args.ablations else table_rows(args, factors)
-    planned = student_runs(args, rows, teacher, schedule(args.student_iter) + extra,
-                           student_score, bottom_up)
+    planned = student_runs(args, rows, teacher, student_schedule, student_score, bottom_up)
     if args.probe:
         table = probe(args, planned)
         text = runs.format_table(table, PROBE_COLUMNS)
@@ -625,7 +630,7 @@ def main(argv=None):
     runs.launch(todo, jobs=args.jobs, threads=1, prefix="  ")
 
     if args.tune:
-        table = tune(args, planned, rows, teacher)
+        table = tune(args, planned, rows, teacher, student_schedule)
         text = runs.format_table(table, tune_columns(task))
         tag, notes = "_tuning", [f"tuning seeds {args.tune_seeds}; chosen factors in "
                                  f"{os.path.join(args.output_dir, TUNING_FILE)}"]
