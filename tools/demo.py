@@ -14,11 +14,11 @@
 The configs are the distillation benchmark's shapes pair (``tools/benchmark_distill.py``) and
 its pretraining (600 iterations, found in its cache when the benchmark ran first). The
 benchmark's teacher and student schedules do not fit the demo's 15 minutes on 2 CPU cores
-(teacher 600 iterations 10.4 min, students 250 iterations at 1-1.9 s/iter), so the teacher
-trains 300 iterations (41.9 AP, far ahead of the students) and the students 150, on the steep
-part of their curve (7 AP at 100 iterations, 22 at 200), where a teacher's help can show: 11 min
-46 s on a fresh clone, measured. Each is an option; ``--teacher-iter 600 --student-iter 250``
-runs the benchmark's schedules (about 25 minutes).
+(teacher 600 iterations 10.4 min on one thread, students 300 at 1-1.9 s/iter), so the teacher
+trains 300 iterations (43.2 AP, far ahead of the students) and the students 150, on the steep
+part of their curve, where a teacher's help can show: 11 min 59 s on a fresh clone, measured.
+Each is an option; ``--teacher-iter 600 --student-iter 300`` runs the benchmark's schedules
+(about 18 minutes at the measured s/iter).
 
 ``--smoke`` runs the same stages for a few iterations on a few generated images (for CI).
 """
