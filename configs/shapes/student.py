@@ -22,10 +22,10 @@ train.max_iter = 300
 train.eval_period = 150
 train.log_period = 20
 train.checkpointer.period = 300
-# A fraction of max_iter: 100 iterations. A longer warm-up removed the slow runs of the 25-iteration
-# one; a longer schedule gets past the steep part of the learning curve, where a small delay costs
-# many AP.
-lr_multiplier.warmup_length = 100 / 300
+# 100 iterations (the scheduler takes a fraction of max_iter). A longer warm-up removed the slow
+# runs of the 25-iteration one; a longer schedule gets past the steep part of the learning curve,
+# where a small delay costs many AP.
+lr_multiplier.warmup_length = 100 / train.max_iter
 train.output_dir = "./output/shapes/student"
 # The bottom-up pretrained on crops of the train split (tools/pretrain_backbone.py, which writes
 # this link): the rest of the detector starts random, as from ImageNet weights.
