@@ -20,12 +20,14 @@ or any ``tools/train_net.py`` output directory: ``config.yaml``, ``model_final.p
    (mimic's). Both sides are normalised, so under per-channel standardisation the error is
    ``2 - 2 r`` (``r``: a channel's spatial correlation with the teacher's, averaged): 2 means
    uncorrelated. The baseline predicts the teacher's per-channel mean: exactly 1.0 there.
-3. **Per-level weighting** of each MKD run, in training mode on one batch of the same images
-   (BN with batch statistics; every weight and running statistic restored afterwards): each
-   level's term of the feature and global losses (the losses' own per-level terms, weighted as
-   in training), its positions, and the gradient norm it alone sends into the student's
-   bottom-up network, as a share of the levels' sum; next to the task loss's gradient (clean
-   pass) and the cosine between the task and distillation gradients.
+3. **Per-level weighting** of each MKD and mimic run, in training mode on one batch of the
+   same images (BN with batch statistics; every weight and running statistic restored
+   afterwards): each level's term of the feature and global losses (the losses' own per-level
+   terms, weighted as in training), its positions, and the gradient norm it alone sends into
+   the student's bottom-up network, as a share of the levels' sum; next to the task loss's
+   gradient (clean pass) and the cosine between the task and distillation gradients. Mimic
+   scores its adapter on the clean student with the same feature loss: the control for MKD's
+   decoder.
 
     python tools/diagnose_mkd.py --runs output/benchmark_distill/shapes/mkd/seed0-* \\
         output/benchmark_distill/shapes/mimic/seed0-* \\
@@ -60,6 +62,7 @@ RAW = "student, raw"
 READOUT = "student, linear readout"
 ADAPTER = "student, own adapter"
 ERROR_COLUMNS = [BASELINE, *DECODER, RAW, READOUT, ADAPTER]
+WEIGHED = ("mkd", "mimic")  # the methods whose per-level weighting section 3 measures
 WEIGHTING_COLUMNS = [
     "level", "positions/image", "feature term", "feature share", "global term", "global share",
     "feature grad", "feature grad share", "global grad", "global grad share",
@@ -78,7 +81,7 @@ class RunRecord:
     task_terms: List[str] = field(default_factory=list)
     task_losses: Dict[str, float] = field(default_factory=dict)  # on the diagnosed images
     errors: List[Dict] = field(default_factory=list)  # section 2, a row per level
-    weighting: List[Dict] = field(default_factory=list)  # section 3 (MKD), a row per level
+    weighting: List[Dict] = field(default_factory=list)  # section 3 (WEIGHED), a row per level
     gradients: Dict[str, float] = field(default_factory=dict)  # section 3's totals
 
     @property
@@ -295,34 +298,50 @@ def shares(values: Sequence[float]) -> List[float]:
     return [v / total if total else math.nan for v in values]
 
 
+def scored_prediction(model: MKD, images: torch.Tensor, inputs: Sequence[Dict]):
+    """What the run's distiller scores against the teacher, per level, with its loss weights:
+    MKD's decoder on the masked student (and that mask), mimic's adapter on the clean student
+    (no mask, no global loss). Both score with ``FeatureLoss``, so their gradient shares tell
+    the decoder's part in the weighting of the levels from the loss's own."""
+    distiller = model.distiller
+    if isinstance(distiller, MKDDistiller):
+        sizes = [tuple(x["image"].shape[-2:]) for x in inputs]
+        mask = model.masker(sizes, [image_key(x, i) for i, x in enumerate(inputs)], step=0,
+                            device=model.device)
+        masked = model.masked_student_features(images, mask)
+        predicted = distiller.decoder({k: masked[k] for k in model.levels}, mask)
+        return predicted, mask, distiller.feature_weight, distiller.global_loss, \
+            distiller.global_weight
+    clean = model.student.backbone(images)
+    predicted = distiller.aligned({k: clean[k] for k in model.levels})
+    return predicted, None, distiller.weight, None, 0.0
+
+
 def level_weighting(model: MKD, inputs: Sequence[Dict]):
-    """Section 3 for one MKD run, on ``inputs`` as one batch (training mode, restored after):
-    a row per level (``WEIGHTING_COLUMNS``), and the totals: the summed per-level terms against
-    the losses computed over all levels at once (they must agree), and the gradient norms of
-    the task loss (clean pass) and of the whole distillation loss, with their cosine."""
+    """Section 3 for one MKD or mimic run (``WEIGHED``), on ``inputs`` as one batch (training
+    mode, restored after): a row per level (``WEIGHTING_COLUMNS``), and the totals: the summed
+    per-level terms against the losses computed over all levels at once (they must agree), and
+    the gradient norms of the task loss (clean pass) and of the whole distillation loss, with
+    their cosine."""
     distiller = model.distiller
     with training_mode(model), EventStorage():
         student = model.student
         images = student.preprocess_image(inputs).tensor
         teacher = model.teacher_features(inputs, images)
-        sizes = [tuple(x["image"].shape[-2:]) for x in inputs]
-        mask = model.masker(sizes, [image_key(x, i) for i, x in enumerate(inputs)], step=0,
-                            device=model.device)
         parameters = [p for p in student.backbone.bottom_up.parameters() if p.requires_grad]
         task = sum(student(inputs).values())
-        masked = model.masked_student_features(images, mask)
-        decoded = distiller.decoder({k: masked[k] for k in model.levels}, mask)
+        decoded, mask, feature_weight, global_loss, global_weight = scored_prediction(
+            model, images, inputs)
         strides = student.backbone.output_shape()
         feature_terms, global_terms = [], []
         for k in model.levels:
             hidden = None
             if distiller.feature_loss.positions == "hidden":
                 hidden = {k: 1 - mask.at(*decoded[k].shape[-2:], strides[k].stride)}
-            feature_terms.append(distiller.feature_weight * distiller.feature_loss(
+            feature_terms.append(feature_weight * distiller.feature_loss(
                 {k: decoded[k]}, {k: teacher[k]}, hidden))
-            if distiller.global_loss is not None:
-                global_terms.append(distiller.global_weight * distiller.global_loss(
-                    {k: decoded[k]}, {k: teacher[k]}))
+            if global_loss is not None:
+                global_terms.append(global_weight * global_loss({k: decoded[k]}, {k: teacher[k]}))
         feature_grads = [float(gradient(term, parameters).norm()) for term in feature_terms]
         global_grads = [float(gradient(term, parameters).norm()) for term in global_terms]
         task_grad = gradient(task, parameters)
@@ -331,10 +350,9 @@ def level_weighting(model: MKD, inputs: Sequence[Dict]):
         if distiller.feature_loss.positions == "hidden":
             hidden_all = {k: 1 - mask.at(*decoded[k].shape[-2:], strides[k].stride)
                           for k in model.levels}
-        whole_feature = float(distiller.feature_weight * distiller.feature_loss(
-            decoded, teacher, hidden_all))
-        whole_global = (float(distiller.global_weight * distiller.global_loss(decoded, teacher))
-                        if distiller.global_loss is not None else math.nan)
+        whole_feature = float(feature_weight * distiller.feature_loss(decoded, teacher, hidden_all))
+        whole_global = (float(global_weight * global_loss(decoded, teacher))
+                        if global_loss is not None else math.nan)
     feature_values = [float(t) for t in feature_terms]
     global_values = [float(t) for t in global_terms] or [math.nan] * len(model.levels)
     nan_shares = [math.nan] * len(model.levels)
@@ -463,8 +481,8 @@ def plot_errors(records: Sequence[RunRecord], path: str) -> None:
 
 
 def plot_weighting(records: Sequence[RunRecord], path: str) -> None:
-    """A panel per MKD run: per level, its share of positions, of the feature loss and of the
-    gradient the feature and global terms send into the bottom-up."""
+    """A panel per MKD or mimic run: per level, its share of positions, of the feature loss and
+    of the gradient the feature and global terms send into the bottom-up."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -620,7 +638,7 @@ def write_report(records: Sequence[RunRecord], args, mode: str, figures: Dict[st
         columns = ["level", "positions/image"] + [c for c in ERROR_COLUMNS if c in run.errors[0]]
         parts += [f"{run.name}:", "", table(run.errors, columns), ""]
     parts += [f"![{p}]({os.path.basename(p)})" for p in figures["errors"]]
-    parts += ["", "## 3. Per-level weighting (MKD runs)", "",
+    parts += ["", "## 3. Per-level weighting (MKD and mimic runs)", "",
               "One batch of the diagnosed images in training mode (BN on batch statistics, "
               "restored after). Terms: each level's term of the loss as weighted in training; "
               "grad: the norm of the gradient that level's term alone sends into the student's "
@@ -717,7 +735,7 @@ def main(argv=None) -> List[RunRecord]:
         run.task_losses = task_losses(model, inputs)
         run.task_terms = sorted(run.task_losses)
         run.errors = reconstruction_errors(model, inputs, teacher, levels, mode, args.ridge)
-        if run.method == "mkd":
+        if run.method in WEIGHED:
             run.weighting, run.gradients = level_weighting(model, inputs)
         del model
     figures = {"losses": plot_losses(records, args.output_dir),
