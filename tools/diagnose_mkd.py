@@ -298,23 +298,37 @@ def shares(values: Sequence[float]) -> List[float]:
     return [v / total if total else math.nan for v in values]
 
 
-def scored_prediction(model: MKD, images: torch.Tensor, inputs: Sequence[Dict]):
-    """What the run's distiller scores against the teacher, per level, with its loss weights:
-    MKD's decoder on the masked student (and that mask), mimic's adapter on the clean student
-    (no mask, no global loss). Both score with ``FeatureLoss``, so their gradient shares tell
-    the decoder's part in the weighting of the levels from the loss's own."""
+@dataclass
+class Scored:
+    """What a run's distiller scores against the teacher, per level, and how it weighs it."""
+
+    predicted: Dict[str, torch.Tensor]
+    hidden: Optional[Dict[str, torch.Tensor]]  # per level, where the loss counts hidden only
+    feature_weight: float
+    global_loss: Optional[nn.Module] = None
+    global_weight: float = 0.0
+
+
+def scored_prediction(model: MKD, images: torch.Tensor, inputs: Sequence[Dict]) -> Scored:
+    """MKD's decoder on the masked student; mimic's adapter on the clean student (no mask, no
+    global loss). Both score with ``FeatureLoss``, so their gradient shares tell the decoder's
+    part in the weighting of the levels from the loss's own."""
     distiller = model.distiller
-    if isinstance(distiller, MKDDistiller):
-        sizes = [tuple(x["image"].shape[-2:]) for x in inputs]
-        mask = model.masker(sizes, [image_key(x, i) for i, x in enumerate(inputs)], step=0,
-                            device=model.device)
-        masked = model.masked_student_features(images, mask)
-        predicted = distiller.decoder({k: masked[k] for k in model.levels}, mask)
-        return predicted, mask, distiller.feature_weight, distiller.global_loss, \
-            distiller.global_weight
-    clean = model.student.backbone(images)
-    predicted = distiller.aligned({k: clean[k] for k in model.levels})
-    return predicted, None, distiller.weight, None, 0.0
+    if not isinstance(distiller, MKDDistiller):
+        clean = model.student.backbone(images)
+        return Scored(distiller.aligned({k: clean[k] for k in model.levels}), None,
+                      distiller.weight)
+    sizes = [tuple(x["image"].shape[-2:]) for x in inputs]
+    mask = model.masker(sizes, [image_key(x, i) for i, x in enumerate(inputs)], step=0,
+                        device=model.device)
+    masked = model.masked_student_features(images, mask)
+    predicted = distiller.decoder({k: masked[k] for k in model.levels}, mask)
+    hidden = None
+    if distiller.feature_loss.positions == "hidden":
+        strides = model.student.backbone.output_shape()
+        hidden = {k: 1 - mask.at(*v.shape[-2:], strides[k].stride) for k, v in predicted.items()}
+    return Scored(predicted, hidden, distiller.feature_weight, distiller.global_loss,
+                  distiller.global_weight)
 
 
 def level_weighting(model: MKD, inputs: Sequence[Dict]):
@@ -330,28 +344,22 @@ def level_weighting(model: MKD, inputs: Sequence[Dict]):
         teacher = model.teacher_features(inputs, images)
         parameters = [p for p in student.backbone.bottom_up.parameters() if p.requires_grad]
         task = sum(student(inputs).values())
-        decoded, mask, feature_weight, global_loss, global_weight = scored_prediction(
-            model, images, inputs)
-        strides = student.backbone.output_shape()
+        scored = scored_prediction(model, images, inputs)
+        decoded, weight, global_loss = scored.predicted, scored.feature_weight, scored.global_loss
         feature_terms, global_terms = [], []
         for k in model.levels:
-            hidden = None
-            if distiller.feature_loss.positions == "hidden":
-                hidden = {k: 1 - mask.at(*decoded[k].shape[-2:], strides[k].stride)}
-            feature_terms.append(feature_weight * distiller.feature_loss(
+            hidden = {k: scored.hidden[k]} if scored.hidden is not None else None
+            feature_terms.append(weight * distiller.feature_loss(
                 {k: decoded[k]}, {k: teacher[k]}, hidden))
             if global_loss is not None:
-                global_terms.append(global_weight * global_loss({k: decoded[k]}, {k: teacher[k]}))
+                global_terms.append(scored.global_weight * global_loss(
+                    {k: decoded[k]}, {k: teacher[k]}))
         feature_grads = [float(gradient(term, parameters).norm()) for term in feature_terms]
         global_grads = [float(gradient(term, parameters).norm()) for term in global_terms]
         task_grad = gradient(task, parameters)
         distill_grad = gradient(sum(feature_terms) + sum(global_terms), parameters)
-        hidden_all = None
-        if distiller.feature_loss.positions == "hidden":
-            hidden_all = {k: 1 - mask.at(*decoded[k].shape[-2:], strides[k].stride)
-                          for k in model.levels}
-        whole_feature = float(feature_weight * distiller.feature_loss(decoded, teacher, hidden_all))
-        whole_global = (float(global_weight * global_loss(decoded, teacher))
+        whole_feature = float(weight * distiller.feature_loss(decoded, teacher, scored.hidden))
+        whole_global = (float(scored.global_weight * global_loss(decoded, teacher))
                         if global_loss is not None else math.nan)
     feature_values = [float(t) for t in feature_terms]
     global_values = [float(t) for t in global_terms] or [math.nan] * len(model.levels)
