@@ -12,9 +12,14 @@ on CPU when the config says ``train.device="cpu"``. Usage::
         train.max_iter=100 train.output_dir=./output/r18
     python tools/train_net.py --config-file ... --resume
     python tools/train_net.py --config-file ... --eval-only train.init_checkpoint=model_final.pth
+
+For an MKD config, ``--eval-only`` evaluates the student, from an MKD checkpoint or from the
+student exported by ``tools/export_student.py``.
 """
 import contextlib
 import logging
+import pickle
+
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
@@ -29,6 +34,7 @@ from detectron2.engine import (
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 from omegaconf import OmegaConf
 
 from mkd import MKD, load_verified_weights
@@ -211,20 +217,57 @@ def setup(args):
     return cfg
 
 
+#: What to do when --eval-only of an MKD config is given weights that fit neither form.
+EVAL_CHECKPOINT_FIX = (
+    "--eval-only of an MKD config takes an MKD checkpoint (student.* keys: the model_final.pth "
+    "of an MKD run) or the student exported from one (tools/export_student.py). Another "
+    "detector's checkpoint is evaluated with that detector's own config."
+)
+
+
+def checkpoint_model_keys(path):
+    """The names of the tensors a checkpoint file holds (a Detectron2 ``.pth``, a model-zoo
+    ``.pkl``), or ``None`` when the file cannot be read here (the verified load then says why)."""
+    local = PathManager.get_local_path(path)
+    try:
+        if local.endswith(".pkl"):
+            with open(local, "rb") as f:
+                data = pickle.load(f, encoding="latin1")
+        else:
+            try:  # maps the file instead of reading it: only the names are needed
+                data = torch.load(local, map_location="cpu", weights_only=False, mmap=True)
+            except RuntimeError:  # a file in torch's legacy format cannot be mapped
+                data = torch.load(local, map_location="cpu", weights_only=False)
+    except Exception:  # any failure to read: load_verified_weights names the file and the fix
+        return None
+    if isinstance(data, dict):
+        data = data.get("model", data.get("blobs", data))
+    return set(data) if isinstance(data, dict) else None
+
+
 def build_for_evaluation(cfg):
     """``cfg.model`` with the weights of ``cfg.train.init_checkpoint``, verified. For an MKD
-    config only the student is needed (and evaluated): the teacher's weights are not loaded."""
+    config only the student is needed (and evaluated): the teacher's weights are not loaded, and
+    the checkpoint may be an MKD run's (``student.*`` keys) or the student exported from one
+    (``tools/export_student.py``: the student's own keys), loaded into ``model.student``."""
     if OmegaConf.select(cfg, "model.teacher_weights", default=None) is not None:
         cfg.model.teacher_weights = None
         cfg.model.student_weights = None
         cfg.model.init_student_from_teacher = False
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
-    distilling = isinstance(model, MKD)
+    path = cfg.train.init_checkpoint
+    if not isinstance(model, MKD):
+        load_verified_weights(model, path, role="evaluated", setting="train.init_checkpoint")
+        return model
+    check_weights_file(path, "evaluated", "train.init_checkpoint")
+    keys = checkpoint_model_keys(path) or set()
+    exported = (not any(k.startswith("student.") for k in keys)
+                and bool(keys & set(model.student.state_dict())))
     load_verified_weights(
-        model, cfg.train.init_checkpoint, role="evaluated",
-        required_prefix="student." if distilling else "",
-        setting="train.init_checkpoint", fix=MKD_CHECKPOINT_FIX if distilling else "",
+        model.student if exported else model, path, role="evaluated",
+        required_prefix="" if exported else "student.", setting="train.init_checkpoint",
+        fix=EVAL_CHECKPOINT_FIX,
     )
     return model
 
