@@ -221,3 +221,25 @@ def test_losses_are_fp32_and_finite_under_autocast(tmp_path, name):
             assert math.isfinite(float(losses[key])), (dtype, key)
             assert losses[key].dtype == torch.float32, (dtype, key)
         assert all(torch.isfinite(a.weight.grad).all() for a in model.distiller.align.values())
+
+
+def test_masked_mimic_scores_the_masked_students_features(tmp_path, monkeypatch):
+    from mkd import PatchMasker
+
+    with pytest.raises(ValueError, match="give MKD a masker"):
+        make_mkd(tmp_path, distiller=MimicDistiller(masked=True), masker=None)
+    model = make_mkd(tmp_path, distiller=MimicDistiller(masked=True),
+                     masker=PatchMasker(patch_size=32, mask_ratio=0.5))
+    scored = []
+    original = model.distiller.forward
+    monkeypatch.setattr(model.distiller, "forward",
+                        lambda s, t, c: scored.append((s, c)) or original(s, t, c))
+    losses = train_step(model)
+    (student, ctx), = scored
+    assert ctx.mask is not None and "loss_mimic" in losses
+    # The scored features are the masked pass's: recomputing them with the same mask agrees.
+    model.train()
+    images = model.student.preprocess_image(tiny.batch()).tensor
+    with torch.no_grad():
+        again = model.masked_student_features(images, ctx.mask)
+    torch.testing.assert_close(student["p3"].detach(), again["p3"], rtol=1e-4, atol=1e-4)

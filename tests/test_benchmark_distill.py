@@ -373,15 +373,22 @@ def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_table_mkd(t
     factors = {"mkd": 3.0}
     ablations = plan(["--ablations"], lambda a: bench.ablation_rows(a, factors))
     methods = plan(["--methods", "none", "mkd"], lambda a: bench.table_rows(a, factors))
-    assert list(ablations) == ["none", "mkd"] + [f"mkd[{t}]" for t in bench.ABLATIONS]
+    controls = {t: v[0] for t, v in bench.ABLATIONS.items() if isinstance(v, tuple)}
+    assert controls == {"mimic-x3": "mimic", "mimic-x3-masked": "mimic"}
+    assert list(ablations) == ["none", "mkd"] + [f"{controls.get(t, 'mkd')}[{t}]"
+                                                 for t in bench.ABLATIONS]
     assert set(bench.ABLATIONS) == {
         "distiller-lr-x10", "init-from-teacher", "single-pass-frozen-bn", "no-global-loss",
         "hidden-positions-only", "mask-ratio-0.3", "mask-ratio-0.75", "decoder-depth-1",
-        "decoder-depth-4"}
+        "decoder-depth-4", "norm-batch", "norm-clean", "mask-ratio-0", "tokens-8", "tokens-16",
+        "decoder-depth-0", *controls}
     for name in ("none", "mkd"):
         assert [r.output_dir for r in ablations[name]] == [r.output_dir for r in methods[name]]
-    for tag, extra in bench.ABLATIONS.items():
-        for default, variant in zip(methods["mkd"], ablations[f"mkd[{tag}]"]):
+    mimic = plan(["--methods", "mimic"], lambda a: bench.table_rows(a, factors))["mimic"]
+    for tag, value in bench.ABLATIONS.items():
+        method, extra = bench.ablation(tag)
+        default_runs = methods["mkd"] if method == "mkd" else mimic
+        for default, variant in zip(default_runs, ablations[f"{method}[{tag}]"]):
             assert sorted(variant.overrides) == sorted(default.overrides + extra)
             assert variant.output_dir != default.output_dir
             # A folder name Hydra's override grammar accepts in train.output_dir=...

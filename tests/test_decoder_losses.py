@@ -235,3 +235,54 @@ def test_an_mkd_step_under_autocast_has_finite_fp32_losses(tmp_path):
         decoder = model.distiller.decoder
         assert all(torch.isfinite(p.grad).all() for p in decoder.parameters()
                    if p.grad is not None)
+
+
+@pytest.mark.parametrize("token_stride", [8, 16])
+def test_decoupled_token_stride_gives_every_level_its_shape_and_gradient(token_stride):
+    shapes = lambda c: {k: ShapeSpec(channels=c, stride=s) for k, s in STRIDES.items()}  # noqa
+    decoder = MKDDecoder(width=32, depth=1, num_heads=4, patch_size=32,
+                         token_stride=token_stride).build(shapes(24), shapes(40))
+    size = (96, 160)
+    student = {k: v.requires_grad_() for k, v in _features(24, *size).items()}
+    mask = PatchMasker(patch_size=32, mask_ratio=0.5)([size] * 2, [0, 1], step=0)
+    out = decoder(student, mask)
+    for level, feature in student.items():
+        assert out[level].shape == (2, 40) + feature.shape[-2:], level
+    sum(o.pow(2).sum() for o in out.values()).backward()
+    for level, feature in student.items():
+        assert feature.grad.abs().sum() > 0, level
+    # P3 (stride 8) gets (token_stride / 8)^2 positions per token (16 at one token per patch).
+    tokens_per_side = [-(-side // token_stride) for side in size]
+    assert decoder.sam["p3"](torch.zeros(1, 32, 12, 20)).shape[-2:] == tuple(tokens_per_side)
+
+
+def test_finer_tokens_still_hide_every_hidden_patch():
+    shapes = {k: ShapeSpec(channels=8, stride=STRIDES[k]) for k in ("p3", "p4", "p5")}
+    decoder = MKDDecoder(width=16, depth=1, num_heads=2, patch_size=32,
+                         token_stride=8).build(shapes, shapes)
+    mask = PatchMasker(patch_size=32, mask_ratio=0.5)([(128, 128)], [0], step=0)
+    student = _features(8, 128, 128, batch=1, levels={k: STRIDES[k] for k in shapes})
+    changed = {level: x + 3 * torch.randn_like(x)
+               * (1 - mask.at(x.shape[-2], x.shape[-1], STRIDES[level]))
+               for level, x in student.items()}
+    a, b = decoder(student, mask), decoder(changed, mask)
+    for level in a:
+        torch.testing.assert_close(a[level], b[level])
+
+
+def test_token_stride_must_divide_the_patch_size():
+    with pytest.raises(ValueError, match="must divide the mask's patch_size 32"):
+        MKDDecoder(width=16, depth=1, num_heads=2, patch_size=32, token_stride=12)
+
+
+def test_a_decoder_without_transformer_maps_each_token_alone():
+    shapes = {"p4": ShapeSpec(channels=8, stride=16)}
+    decoder = MKDDecoder(width=16, depth=0, num_heads=2, patch_size=32).build(shapes, shapes)
+    mask = PatchMasker(patch_size=32, mask_ratio=0.0)([(64, 64)], [0], step=0)
+    student = _features(8, 64, 64, batch=1, levels={"p4": 16})
+    changed = {"p4": student["p4"].clone()}
+    changed["p4"][..., :2, :2] += 5  # the top-left token's positions only
+    a, b = decoder(student, mask)["p4"], decoder(changed, mask)["p4"]
+    assert not torch.allclose(a[..., :2, :2], b[..., :2, :2])
+    torch.testing.assert_close(a[..., 2:, :], b[..., 2:, :])  # no context: others unchanged
+    torch.testing.assert_close(a[..., :, 2:], b[..., :, 2:])

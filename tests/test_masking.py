@@ -207,3 +207,92 @@ def test_an_image_without_an_id_is_keyed_by_its_file_name_then_by_its_position()
     assert image_key({"file_name": "/data/a.png"}, 5) == by_name[0]  # a function of the image
     assert image_key({"image_id": 7, "file_name": "/data/a.png"}, 0) == 7
     assert image_key({}, 3) == 3
+
+
+def _conv_bn(momentum=0.1):
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4, momentum=momentum))
+    nn.init.normal_(module[1].weight)
+    nn.init.normal_(module[1].bias)
+    return module.train()
+
+
+def _mask_and_image():
+    mask = PatchMasker(patch_size=32, mask_ratio=0.5)([(64, 96)] * 2, [0, 1], step=3)
+    mask.padded_size = (64, 96)
+    return mask, torch.randn(2, 3, 64, 96)
+
+
+def test_sparse_bn_statistics_are_those_of_the_visible_positions_alone():
+    module = _conv_bn()
+    mask, image = _mask_and_image()
+    visible = mask.at(64, 96, 1)
+    masked = MaskedConvolutions(module, norm_statistics="visible")
+    with masked.active(mask):
+        ours = module(image)
+    conv, norm = module
+    with torch.no_grad():
+        z = conv(image * visible)
+        picked = z.permute(1, 0, 2, 3)[:, visible[:, 0].bool()]  # (C, visible positions)
+        mean, var = picked.mean(dim=1), picked.var(dim=1, unbiased=False)
+        expected = ((z - mean[:, None, None]) / torch.sqrt(var[:, None, None] + norm.eps)
+                    * norm.weight[:, None, None] + norm.bias[:, None, None])
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+        # Running statistics learn the visible positions' statistics, unbiased like BN's.
+        torch.testing.assert_close(norm.running_mean, 0.1 * mean, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(norm.running_var, 0.9 + 0.1 * picked.var(dim=1),
+                                   rtol=1e-4, atol=1e-6)
+        # Plain BN over every position would differ: the hidden zeros shift its mean.
+        plain = norm(z)
+        assert not torch.allclose(plain, expected, atol=1e-2)
+    ours.sum().backward()  # and the gradient flows through the visible statistics
+    assert conv.weight.grad.abs().sum() > 0
+
+
+def test_sparse_bn_leaves_the_clean_pass_and_inference_unchanged():
+    module, reference = _conv_bn(), _conv_bn()
+    mask, image = _mask_and_image()
+    masked = MaskedConvolutions(module, norm_statistics="visible")
+    with masked.active(mask):
+        module(image)
+    reference[1].load_state_dict(module[1].state_dict())
+    assert all("forward" not in vars(m) for m in module)  # the masked BN forward is undone
+    torch.testing.assert_close(module(image), reference(image))  # clean training pass: plain BN
+    module.eval(), reference.eval()
+    with masked.active(mask):  # evaluation mode: running statistics, masked or not
+        masked_eval = module(image)
+    torch.testing.assert_close(masked_eval, reference(image * mask.at(64, 96, 1)))
+    torch.testing.assert_close(module(image), reference(image))
+
+
+def test_clean_bn_statistics_normalise_the_masked_pass_with_the_clean_pass_ones():
+    module = _conv_bn(momentum=0.0)
+    mask, image = _mask_and_image()
+    masked = MaskedConvolutions(module, norm_statistics="clean")
+    with pytest.raises(RuntimeError, match="task_pass='clean'"):
+        with masked.active(mask):
+            module(image)
+    module(image)  # the clean pass records its statistics
+    conv, norm = module
+    with torch.no_grad():
+        clean = conv(image)
+        mean, var = clean.mean(dim=(0, 2, 3)), clean.var(dim=(0, 2, 3), unbiased=False)
+        z = conv(image * mask.at(64, 96, 1))
+        expected = ((z - mean[:, None, None]) / torch.sqrt(var[:, None, None] + norm.eps)
+                    * norm.weight[:, None, None] + norm.bias[:, None, None])
+    with masked.active(mask):
+        torch.testing.assert_close(module(image), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_statistics_keep_plain_bn_in_the_masked_pass():
+    module, reference = _conv_bn(), _conv_bn()
+    mask, image = _mask_and_image()
+    masked = MaskedConvolutions(module, norm_statistics="batch")
+    with masked.active(mask):
+        ours = module(image)
+    torch.testing.assert_close(ours, reference(image * mask.at(64, 96, 1)))
+
+
+def test_unknown_norm_statistics_are_refused_with_the_choices():
+    with pytest.raises(ValueError, match="visible"):
+        MaskedConvolutions(_conv_bn(), norm_statistics="sparse")

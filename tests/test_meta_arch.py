@@ -286,3 +286,30 @@ def test_student_weights_need_only_cover_the_bottom_up_network(tmp_path):
     torch.save({"model": backbone_only}, tmp_path / "partial.pth")
     with pytest.raises(RuntimeError, match=r"1 of \d+ backbone.bottom_up.\* parameters"):
         make_mkd(tmp_path, student_weights=str(tmp_path / "partial.pth"))
+
+
+@pytest.mark.parametrize("statistics", ["visible", "clean", "batch"])
+def test_masked_pass_trains_and_leaves_bn_running_statistics_to_the_clean_pass(tmp_path,
+                                                                               statistics):
+    import copy
+
+    model = make_mkd(tmp_path, masked_norm_statistics=statistics)
+    reference = copy.deepcopy(model.student).train()
+    batch = tiny.batch()
+    losses = train_step(model, batch)
+    assert all(math.isfinite(float(v)) for v in losses.values())
+    with torch.no_grad(), EventStorage(0):
+        reference(batch)  # the clean pass alone
+    ours, expected = model.student.state_dict(), reference.state_dict()
+    norms = [k for k in expected if k.endswith(("running_mean", "running_var"))]
+    assert norms
+    for key in norms:
+        torch.testing.assert_close(ours[key], expected[key], msg=key)
+    assert all("forward" not in vars(m) for m in model.student.modules())
+
+
+def test_masked_norm_statistics_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="masked_norm_statistics must be one of"):
+        make_mkd(tmp_path, masked_norm_statistics="sparse")
+    with pytest.raises(ValueError, match="task_pass='clean'"):
+        make_mkd(tmp_path, masked_norm_statistics="clean", task_pass="masked")

@@ -24,8 +24,8 @@ seeds. It reports mean ± std of box AP (mIoU), the standard error of each metho
 from none, the share of the teacher-student gap closed, the time per iteration relative to none,
 the mean curves as a PNG, and the issue's targets met or missed.
 
-``--ablations [NAME ...]`` trains MKD's variants of ``ABLATIONS`` beside none and MKD (the
-table's runs: same weights, same cache) and writes ``results_ablations.md``. Extra
+``--ablations [NAME ...]`` trains MKD's variants of ``ABLATIONS`` (and the controls there that
+vary another method) beside none and MKD (the table's runs: same weights, same cache) and writes ``results_ablations.md``. Extra
 ``path.key=value`` arguments apply to every distilled run, with ``--tag`` naming them.
 
 ``--probe N`` calibrates instead: each distilled method's distillation and task losses at
@@ -123,7 +123,10 @@ BASELINES = ("mimic", "fgd", "mgd")  # what MKD must beat, at equal tuning budge
 #: Published recipes, compared with MKD on their own line: FGD's starts the student's neck and
 #: head from the teacher's, which on a same-architecture pair copies most of the teacher.
 RECIPES = ("fgd_recipe",)
-#: MKD's open questions: one row each, every other setting as in the table's MKD row.
+#: Masked mimicking's patch masker: MKD's (configs/common/mkd.py), as an override.
+MKD_MASKER = "model.masker={_target_:mkd.masking.PatchMasker,patch_size:32,mask_ratio:0.5}"
+#: MKD's open questions: one row each, every other setting as in the table's MKD row. A value
+#: ``(method, overrides)`` varies another method's row instead (the controls of MKD's parts).
 ABLATIONS = {
     # The decoder (and every distiller part) at 10x the student's learning rate: the diagnosis
     # found it hardly reconstructing the teacher at the shared SGD rate (mkd.solver).
@@ -143,6 +146,21 @@ ABLATIONS = {
     "mask-ratio-0.75": ["model.masker.mask_ratio=0.75"],
     "decoder-depth-1": ["model.distiller.decoder.depth=1"],
     "decoder-depth-4": ["model.distiller.decoder.depth=4"],
+    # BN in the masked pass (MaskedConvolutions): plain batch statistics over every position
+    # (hidden ones included), or the clean task pass's; the default is visible positions only.
+    "norm-batch": ["model.masked_norm_statistics=batch"],
+    "norm-clean": ["model.masked_norm_statistics=clean"],
+    # Masking against decoder: MKD's decoder with nothing hidden, and mimic's 1x1 adapter on the
+    # masked student, each beside mimic as in the table (the tuned weight x3 of the last tuning).
+    "mask-ratio-0": ["model.masker.mask_ratio=0.0"],
+    "mimic-x3": ("mimic", ["model.distiller.weight=6.0"]),
+    "mimic-x3-masked": ("mimic", ["model.distiller.weight=6.0", "model.distiller.masked=True",
+                                  MKD_MASKER]),
+    # Tokens finer than the 32-pixel patches (at 128 px one token per patch is 4x4 per level).
+    "tokens-8": ["model.distiller.decoder.token_stride=8"],
+    "tokens-16": ["model.distiller.decoder.token_stride=16"],
+    # What the decoder leaves to the student: no transformer (per-token maps, no context).
+    "decoder-depth-0": ["model.distiller.decoder.depth=0"],
 }
 SMOKE_ITER = 5  # Detectron2 times iterations after the third
 # A five-iteration teacher has unsettled BN statistics: its raw P6/P7 features reach hundreds,
@@ -271,12 +289,22 @@ def tuning_rows(args) -> List[Row]:
             for m in args.methods if m in LOSS_WEIGHTS for f in FACTORS]
 
 
+def ablation(name: str):
+    """``(method, overrides)`` of an ablation: a bare list of overrides varies MKD."""
+    value = ABLATIONS[name]
+    return value if isinstance(value, tuple) else ("mkd", value)
+
+
 def ablation_rows(args, factors: Dict[str, float]) -> List[Row]:
-    """None and MKD as in the table (the same runs), and MKD with each ablation's overrides."""
+    """None and MKD as in the table (the same runs), and each ablation's method (MKD unless it
+    says otherwise) with its overrides, at that method's table weights."""
     mkd = factors.get("mkd", 1.0)
-    return [Row("none", "none", args.seeds), Row("mkd", "mkd", args.seeds, args.overrides, mkd)] + [
-        Row(f"mkd[{name}]", "mkd", args.seeds, list(args.overrides) + ABLATIONS[name], mkd)
-        for name in args.ablations]
+    rows = [Row("none", "none", args.seeds), Row("mkd", "mkd", args.seeds, args.overrides, mkd)]
+    for name in args.ablations:
+        method, extra = ablation(name)
+        rows.append(Row(f"{method}[{name}]", method, args.seeds, list(args.overrides) + extra,
+                        factors.get(method, 1.0)))
+    return rows
 
 
 def pretrained_bottom_up(args) -> str:

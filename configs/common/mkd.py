@@ -18,11 +18,15 @@ model = L(MKD)(
     levels=None,  # default: every FPN level teacher and student share
     task_pass="clean",  # "masked": a single masked pass for task and distillation losses
     init_student_from_teacher=False,
+    # BN in the masked pass: statistics over visible positions only (SparK's sparse BN), so
+    # hidden positions do not shift and rescale visible ones; "clean" or "batch" are the others.
+    masked_norm_statistics="visible",
     # seed=None: the run's (from train.seed, random when it is < 0); an int pins it.
     masker=L(PatchMasker)(patch_size=32, mask_ratio=0.5, seed=None),
     distiller=L(MKDDistiller)(
         decoder=L(MKDDecoder)(
             width=256, depth=2, num_heads=8, patch_size="${...masker.patch_size}",
+            token_stride=None,  # None: one token per mask patch; a divisor gives finer tokens
             one_sequence=True,
         ),
         feature_loss=L(FeatureLoss)(normalize="channel", positions="all"),

@@ -1,7 +1,8 @@
 """The comparison distillers — FitNets-style feature mimicking, FGD and MGD — built from the
 same parts as MKD: a per-level channel adapter, then losses from ``losses.py``.
 
-All three score the student's clean task-pass features (``masks_student_input = False``).
+All three score the student's clean task-pass features (``masks_student_input = False``; masked
+mimicking is an option, for experiments).
 """
 from typing import Dict, List, Tuple
 
@@ -50,15 +51,20 @@ class _AlignedDistiller(FeatureDistiller):
 
 class MimicDistiller(_AlignedDistiller):
     """FitNets-style mimicking: ``weight * L_feat(T, adapter(S))`` with the normalised MSE of
-    ``FeatureLoss`` and a 1x1 regressor on the student (FitNets' hint/guided-layer adapter)."""
+    ``FeatureLoss`` and a 1x1 regressor on the student (FitNets' hint/guided-layer adapter).
+
+    ``masked=True`` scores the student's masked pass instead (MKD's masking with a 1x1 adapter
+    in place of its decoder; the model then needs a masker): it separates what masking does
+    from what MKD's decoder does."""
 
     always_adapt = True
 
-    def __init__(self, weight: float = 1.0, normalize: str = "channel"):
+    def __init__(self, weight: float = 1.0, normalize: str = "channel", masked: bool = False):
         super().__init__()
         _check_non_negative(weight=weight)
         self.weight = weight
         self.feature_loss = FeatureLoss(normalize=normalize)
+        self.masks_student_input = masked
 
     def forward(self, student, teacher, context):
         return {"loss_mimic": self.weight * self.feature_loss(self.aligned(student), teacher)}

@@ -1,6 +1,6 @@
 """MKD's adaptive decoder: reconstructs the teacher's full FPN features from the masked
 student's (training only; neither inference nor the exported student carries it)."""
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -32,11 +32,17 @@ def _sincos_position_embedding(height: int, width: int, dim: int) -> torch.Tenso
 class MKDDecoder(nn.Module):
     """``F_hat_i = SRM_i(Transformer(SAM_i(phi_i(F_i^S)) with mask tokens at hidden cells))``.
 
-    Every level is brought to the mask grid (stride ``patch_size``) so that one token is one
-    image patch: ``p = patch_size / stride``; ``p > 1`` levels use a conv with kernel = stride =
-    ``p``, ``p < 1`` levels (e.g. RetinaNet's P6/P7) are upsampled by ``1/p``. The spatial
+    Every level is brought to the token grid (stride ``token_stride``, by default the mask's
+    ``patch_size``, so that one token is one image patch): ``p = token_stride / stride``;
+    ``p > 1`` levels use a conv with kernel = stride = ``p``, ``p < 1`` levels (e.g.
+    RetinaNet's P6/P7) are upsampled by ``1/p``. The spatial
     recovery module (SRM) maps each token back to ``p^2 * C^T`` values (pixel shuffle), or pools
     ``p < 1`` levels back down.
+
+    ``token_stride`` below the patch size (a divisor of it) gives the fine levels more tokens
+    than patches: on small images a 32-pixel grid squeezes all of P3 into a handful of tokens.
+    A token still lies inside one patch, so it is wholly hidden or wholly visible. ``depth=0``
+    keeps the decoder without its transformer (per-token maps only, no context).
     """
 
     def __init__(
@@ -47,21 +53,30 @@ class MKDDecoder(nn.Module):
         num_heads: int = 8,
         mlp_ratio: float = 4.0,
         patch_size: int = 32,
+        token_stride: Optional[int] = None,
         one_sequence: bool = True,
     ):
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"decoder depth must be >= 1, got {depth}")
+        if depth < 0:
+            raise ValueError(f"decoder depth must be >= 0, got {depth}")
+        token_stride = token_stride or patch_size
+        if patch_size % token_stride:
+            raise ValueError(
+                f"token_stride {token_stride} must divide the mask's patch_size {patch_size} (a "
+                "token must lie inside one patch): set model.distiller.decoder.token_stride to "
+                f"a divisor of {patch_size}, or null for one token per patch")
         if width % num_heads:
             raise ValueError(f"decoder width {width} must be divisible by num_heads {num_heads}")
         self.width = width
         self.patch_size = patch_size
+        self.token_stride = token_stride
         self.one_sequence = one_sequence
         layer = nn.TransformerEncoderLayer(
             width, num_heads, int(width * mlp_ratio), dropout=0.0, activation="gelu",
             batch_first=True, norm_first=True,
         )
-        self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.transformer = (nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+                            if depth else nn.Identity())
         self.norm = nn.LayerNorm(width)
         self.phi = nn.ModuleDict()
         self.sam = nn.ModuleDict()
@@ -72,13 +87,14 @@ class MKDDecoder(nn.Module):
 
     def build(self, student_shapes: Dict[str, ShapeSpec], teacher_shapes: Dict[str, ShapeSpec]):
         """Creates the per-level layers for the distilled levels (the keys of both dicts)."""
-        s = self.patch_size
+        s = self.token_stride
         for level, shape in student_shapes.items():
             stride, c_out = shape.stride, teacher_shapes[level].channels
             if s % stride and stride % s:
                 raise ValueError(
                     f"level {level} has stride {stride}, which neither divides nor is a multiple "
-                    f"of the mask patch size {s}; choose a patch_size compatible with all strides"
+                    f"of the decoder's token stride {s}; choose a patch_size (token_stride) "
+                    "compatible with all strides"
                 )
             p = s / stride
             self.phi[level] = nn.Conv2d(shape.channels, self.width, kernel_size=1)
@@ -108,7 +124,7 @@ class MKDDecoder(nn.Module):
                 x = F.pad(x, (0, -x.shape[-1] % k, 0, -x.shape[-2] % k))
             x = self.sam[level](x)
             n, c, h, w = x.shape
-            visible = mask.at(h, w, self.patch_size).to(x.dtype)  # (N, 1, h, w)
+            visible = mask.at(h, w, self.token_stride).to(x.dtype)  # (N, 1, h, w)
             token = self.mask_tokens[level].to(x.dtype).view(1, c, 1, 1)
             x = x * visible + token * (1 - visible)
             x = x.flatten(2).transpose(1, 2)  # (N, h*w, C)
@@ -141,5 +157,6 @@ class MKDDecoder(nn.Module):
         return y[:, :, : size[0], : size[1]]
 
     def extra_repr(self) -> str:
-        return f"levels={self.levels}, patch_size={self.patch_size}, p={self._scale}"
+        return (f"levels={self.levels}, patch_size={self.patch_size}, "
+                f"token_stride={self.token_stride}, p={self._scale}")
 

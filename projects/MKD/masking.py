@@ -5,15 +5,21 @@ convolution of the student's bottom-up network by the mask of that resolution, s
 regions never mix with visible ones (a CNN cannot drop tokens the way a ViT encoder can).
 """
 import contextlib
+import functools
 import hashlib
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.distributed.nn
+from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.utils import comm
 from torch import nn
 
-__all__ = ["PatchMask", "PatchMasker", "MaskedConvolutions"]
+__all__ = ["PatchMask", "PatchMasker", "MaskedConvolutions", "NORM_STATISTICS"]
+
+#: How BatchNorm normalises the masked pass (``MaskedConvolutions``).
+NORM_STATISTICS = ("visible", "clean", "batch")
 
 
 class PatchMask:
@@ -153,6 +159,13 @@ class MaskedConvolutions:
     pre-hooks on the convolutions, inactive (and free) unless ``active(mask)`` is entered, so the
     same module serves the masked distillation pass, the clean task pass and inference.
 
+    BatchNorm is masked too (``norm_statistics``): with batch statistics over a half-hidden map
+    the hidden positions shift and rescale the visible ones. ``"visible"`` (SparK's sparse BN,
+    the default) computes the statistics over visible positions only; ``"clean"`` normalises
+    with the statistics the same BN saw in the latest unmasked training pass (the task pass of
+    the same step; detached); ``"batch"`` is plain BN over every position. Inference and any
+    pass without a mask are plain BN, and evaluation mode always uses the running statistics.
+
     Squeeze-and-excitation (RegNetY's ``SE``: global average pool, then 1x1 convolutions on the
     pooled vector, whose sigmoid gates every position's channels) is masked differently. The
     pooled vector has no positions, so the image-space mask does not apply to its convolutions;
@@ -163,8 +176,17 @@ class MaskedConvolutions:
     of the activations at visible positions alone, as everywhere else in the masked network.
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, norm_statistics: str = "visible"):
+        if norm_statistics not in NORM_STATISTICS:
+            raise ValueError(f"norm_statistics must be one of {NORM_STATISTICS}, got "
+                             f"{norm_statistics!r}: set model.masked_norm_statistics")
         self._mask: Optional[PatchMask] = None
+        self.norm_statistics = norm_statistics
+        self.norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self._clean_statistics: Dict[nn.Module, Tuple[torch.Tensor, torch.Tensor]] = {}
+        if norm_statistics == "clean":
+            for norm in self.norms:
+                norm.register_forward_pre_hook(self._record_clean_statistics)
         pools, pooled_convs = _squeeze_excitations(module)
         self.convs: List[nn.Conv2d] = [m for m in module.modules() if isinstance(m, nn.Conv2d)
                                        and m not in pooled_convs]
@@ -179,10 +201,48 @@ class MaskedConvolutions:
     @contextlib.contextmanager
     def active(self, mask: Optional[PatchMask]):
         previous, self._mask = self._mask, mask
+        # The BN forward is swapped, not hooked: plain BN would also compute (and record in its
+        # running statistics) the statistics over every position.
+        swapped = [] if mask is None or self.norm_statistics == "batch" else self.norms
+        for norm in swapped:
+            norm.forward = functools.partial(self._masked_norm, norm)
         try:
             yield
         finally:
             self._mask = previous
+            for norm in swapped:
+                del norm.forward
+
+    def _record_clean_statistics(self, norm, inputs):
+        if self._mask is None and norm.training:
+            x = inputs[0].detach()
+            self._clean_statistics[norm] = (x.mean(dim=(0, 2, 3)),
+                                            x.var(dim=(0, 2, 3), unbiased=False))
+
+    def _masked_norm(self, norm: nn.modules.batchnorm._BatchNorm, x: torch.Tensor):
+        if not norm.training and norm.track_running_stats:
+            return type(norm).forward(norm, x)  # running statistics: nothing to mix
+        if self.norm_statistics == "clean":
+            if norm not in self._clean_statistics:
+                raise RuntimeError(
+                    "masked_norm_statistics='clean' normalises the masked pass with the "
+                    "statistics of an unmasked training pass, and none ran: use it with "
+                    "task_pass='clean', or set masked_norm_statistics='visible'")
+            mean, var = self._clean_statistics[norm]
+            count = None
+        else:
+            mean, var, count = _visible_statistics(norm, x, self._mask.at_feature(x))
+        momentum = norm.momentum if norm.momentum is not None else 0.0
+        if count is not None and norm.track_running_stats and momentum > 0:
+            with torch.no_grad():
+                unbiased = var * count / (count - 1).clamp(min=1)
+                norm.running_mean.lerp_(mean.detach().to(norm.running_mean), momentum)
+                norm.running_var.lerp_(unbiased.detach().to(norm.running_var), momentum)
+        shape = (1, -1, 1, 1)
+        y = (x - mean.view(shape).to(x.dtype)) * torch.rsqrt(var.view(shape) + norm.eps).to(x.dtype)
+        if norm.affine:
+            y = y * norm.weight.view(shape) + norm.bias.view(shape)
+        return y
 
     def _record_padded_size(self, module, inputs):
         if self._mask is not None:
@@ -201,6 +261,25 @@ class MaskedConvolutions:
         visible = self._mask.at_feature(x).to(dtype=x.dtype)
         total = (x * visible).sum(dim=(-2, -1), keepdim=True)
         return total / visible.sum(dim=(-2, -1), keepdim=True).clamp(min=1)
+
+
+def _visible_statistics(norm: nn.Module, x: torch.Tensor, visible: torch.Tensor):
+    """Per-channel mean and (biased) variance of ``x`` over its visible positions, weighted by
+    their visible share, summed over every rank for synchronised BN; and the count."""
+    visible = visible.to(x.dtype)
+    sums = torch.cat([(x * visible).sum(dim=(0, 2, 3)), (x * x * visible).sum(dim=(0, 2, 3)),
+                      visible.sum().reshape(1)])
+    if _is_synchronised(norm) and comm.get_world_size() > 1:
+        sums = torch.distributed.nn.functional.all_reduce(sums)  # differentiable
+    channels = x.shape[1]
+    count = sums[-1].clamp(min=1.0)
+    mean = sums[:channels] / count
+    var = (sums[channels:2 * channels] / count - mean * mean).clamp(min=0.0)
+    return mean, var, count
+
+
+def _is_synchronised(norm: nn.Module) -> bool:
+    return isinstance(norm, (nn.SyncBatchNorm, NaiveSyncBatchNorm))
 
 
 def _squeeze_excitations(module: nn.Module):

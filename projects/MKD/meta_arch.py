@@ -12,7 +12,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
 from .distillers import DistillContext, FeatureDistiller
-from .masking import MaskedConvolutions, PatchMasker
+from .masking import NORM_STATISTICS, MaskedConvolutions, PatchMasker
 from .weights import copy_matching_weights, load_verified_weights
 
 __all__ = ["MKD", "image_key"]
@@ -147,6 +147,7 @@ class MKD(nn.Module):
         task_pass: str = "clean",
         init_student_from_teacher: bool = False,
         freeze_norm_statistics: bool = False,
+        masked_norm_statistics: str = "visible",
     ):
         """
         Args:
@@ -166,6 +167,10 @@ class MKD(nn.Module):
                 student's BatchNorm running statistics alone (they would learn half-hidden
                 images); estimate them on clean images before evaluation instead
                 (``train.precise_bn`` of tools/train_net.py).
+            masked_norm_statistics: how the student's BatchNorm normalises the masked pass:
+                ``"visible"`` (SparK's sparse BN: statistics over visible positions only),
+                ``"clean"`` (the clean task pass's batch statistics) or ``"batch"`` (every
+                position, hidden ones included). See ``MaskedConvolutions``.
         """
         super().__init__()
         if task_pass not in ("clean", "masked"):
@@ -174,6 +179,13 @@ class MKD(nn.Module):
             raise ValueError("freeze_norm_statistics is for task_pass='masked' (the clean pass "
                              "already keeps the masked pass out of BN statistics): set "
                              "task_pass='masked' or freeze_norm_statistics=False")
+        if masked_norm_statistics not in NORM_STATISTICS:
+            raise ValueError(f"masked_norm_statistics must be one of {NORM_STATISTICS}, got "
+                             f"{masked_norm_statistics!r}")
+        if masked_norm_statistics == "clean" and task_pass != "clean":
+            raise ValueError("masked_norm_statistics='clean' borrows the clean task pass's BN "
+                             "statistics, and task_pass='masked' has none: set "
+                             "task_pass='clean' or masked_norm_statistics='visible'")
         if init_student_from_teacher and not teacher_weights:
             raise ValueError("init_student_from_teacher=True copies the teacher's neck and head "
                              "into the student, but the teacher has no weights: set "
@@ -197,7 +209,9 @@ class MKD(nn.Module):
         )
         self._recorder = _BackboneRecorder(student.backbone)
         self._teacher_input = _TeacherInput(teacher, student)
-        self._masked_convs = MaskedConvolutions(student.backbone.bottom_up) if masker else None
+        self._masked_convs = (MaskedConvolutions(student.backbone.bottom_up,
+                                                 norm_statistics=masked_norm_statistics)
+                              if masker else None)
         # Masks are a function of (seed, rank, step, image): seed and step are saved with the
         # checkpoint, so a resumed run draws the masks of an uninterrupted one.
         self.register_buffer("mask_step", torch.zeros((), dtype=torch.long))
