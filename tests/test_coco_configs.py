@@ -2,7 +2,9 @@
 formats where ``detectron2://`` resolves, and a tiny dataset in COCO's real layout.
 
 Only the device, the data loader and image sizes are overridden; every model field is the
-config's own, except the score threshold of the end-to-end evaluation (see there).
+config's own, except the score threshold of the end-to-end evaluation (see there). The
+distillation configs (MKD, and mimic, FGD and MGD at their published weights) and the plain
+students' configs are told apart by their model: a teacher, or none.
 """
 import copy
 import json
@@ -16,15 +18,29 @@ import sys
 import pytest
 import torch
 from conftest import REPO, train_net, train_net_setup
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.utils.events import EventStorage
 from detectron2.utils.file_io import PathManager
+from omegaconf import OmegaConf
 
 import standins
 import tiny
 
-CONFIGS = sorted((REPO / "configs" / "coco").glob("*.py"))
+COCO = REPO / "configs" / "coco"
+CONFIGS = sorted(COCO.glob("*.py"))
+#: Each plain student's config, and the MKD config whose student it is.
+STUDENT_CONFIGS = {
+    "retinanet_R50_2x": "retinanet_R101_to_R50_mkd_2x",
+    "retinanet_R18_2x": "retinanet_R50_to_R18_mkd_2x",
+    "faster_rcnn_R50_2x": "faster_rcnn_R101_to_R50_mkd_2x",
+    "mask_rcnn_R50_2x": "mask_rcnn_R101_to_R50_mkd_2x",
+}
+DISTILLATION_CONFIGS = [c for c in CONFIGS if c.stem not in STUDENT_CONFIGS]
+#: The loss each distiller adds to the student's.
+DISTILLATION_LOSS = {"MKDDistiller": "loss_mkd_feat", "MimicDistiller": "loss_mimic",
+                     "FGDDistiller": "loss_fgd_fg", "MGDDistiller": "loss_mgd"}
 #: The kind of each student weight file the configs name, and the input its weights expect.
 STUDENT_WEIGHTS = {
     "detectron2://ImageNetPretrained/MSRA/R-50.pkl": ("msra", standins.MSRA_INPUT),
@@ -110,8 +126,15 @@ def test_stand_in_names_are_those_detectron2_converts():
     assert standins.torchvision_to_detectron2("layer1.1.bn2.bias") == "res2.1.conv2.norm.bias"
 
 
+def test_every_coco_config_is_a_distillation_or_a_listed_student():
+    for config in CONFIGS:
+        model = LazyConfig.load(str(config)).model
+        assert ("teacher" in model) == (config.stem not in STUDENT_CONFIGS), config.name
+    assert {c.stem for c in CONFIGS} >= set(STUDENT_CONFIGS) | set(STUDENT_CONFIGS.values())
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda path: path.stem)
+@pytest.mark.parametrize("config", DISTILLATION_CONFIGS, ids=lambda path: path.stem)
 def test_config_loads_its_weights_and_trains_a_step(config, weight_files):
     cfg = LazyConfig.load(str(config))
     assert cfg.train.init_checkpoint == ""  # nothing loaded on top of teacher/student weights
@@ -145,7 +168,7 @@ def test_config_loads_its_weights_and_trains_a_step(config, weight_files):
     model.train()
     with EventStorage(0):
         losses = model(tiny.batch(with_masks=bool(cfg.dataloader.train.mapper.use_instance_mask)))
-    assert {"loss_mkd_feat"} <= set(losses)
+    assert DISTILLATION_LOSS[cfg.model.distiller._target_.__name__] in losses
     assert all(math.isfinite(v.item()) for v in losses.values()), losses
     sum(losses.values()).backward()
     assert all(p.grad is None for p in model.teacher.parameters())
@@ -155,13 +178,52 @@ def test_config_loads_its_weights_and_trains_a_step(config, weight_files):
         assert (p.grad is None) == frozen, name
 
 
+def test_baselines_are_at_their_published_weights():
+    distillers = {c.stem: LazyConfig.load(str(c)).model.distiller for c in DISTILLATION_CONFIGS}
+    fgd = distillers["retinanet_R101_to_R50_fgd_2x"]
+    assert (fgd.temperature, fgd.alpha_fg, fgd.beta_bg, fgd.gamma_attention,
+            fgd.lambda_global) == (0.5, 1e-3, 5e-4, 5e-4, 5e-6)
+    mgd = distillers["retinanet_R101_to_R50_mgd_2x"]
+    assert (mgd.alpha, mgd.mask_ratio) == (2e-5, 0.65)
+    assert distillers["retinanet_R101_to_R50_mimic_2x"].weight == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(STUDENT_CONFIGS))
+def test_student_config_is_the_mkd_student_from_its_imagenet_weights(name, weight_files):
+    """Each plain student config is its MKD config's student, data and schedule, starting from
+    the student's ImageNet file through Detectron2's train.init_checkpoint; it trains a step."""
+    cfg = LazyConfig.load(str(COCO / f"{name}.py"))
+    mkd_cfg = LazyConfig.load(str(COCO / f"{STUDENT_CONFIGS[name]}.py"))
+    assert OmegaConf.to_container(cfg.model) == OmegaConf.to_container(mkd_cfg.model.student)
+    for section in ("dataloader", "optimizer", "lr_multiplier"):
+        assert OmegaConf.to_container(cfg[section]) == OmegaConf.to_container(mkd_cfg[section])
+    assert cfg.train.max_iter == mkd_cfg.train.max_iter
+    assert cfg.train.init_checkpoint == mkd_cfg.model.student_weights
+    assert cfg.train.output_dir == f"./output/coco/{name}"
+
+    _, student_file = provide_weights(mkd_cfg, weight_files)
+    model = build(cfg.model)
+    DetectionCheckpointer(model).load(cfg.train.init_checkpoint)  # as train_net would
+    state = model.state_dict()
+    loaded = [k[len(BOTTOM_UP):] for k in state
+              if k.startswith(BOTTOM_UP) and k[len(BOTTOM_UP):] in student_file]
+    assert loaded and differing({k: state[BOTTOM_UP + k] for k in loaded}, student_file,
+                                loaded) == []
+    model.train()
+    with EventStorage(0):
+        losses = model(tiny.batch(with_masks=bool(cfg.dataloader.train.mapper.use_instance_mask)))
+    assert all(math.isfinite(v.item()) for v in losses.values()), losses
+
+
 def test_configs_read_coco_on_a_2x_schedule_with_masks_only_for_mask_rcnn():
     for config in CONFIGS:
         cfg = LazyConfig.load(str(config))
-        student, teacher = cfg.model.student, cfg.model.teacher
-        has_masks = "roi_heads" in student and student.roi_heads.mask_head is not None
+        models = [cfg.model.student, cfg.model.teacher] if "teacher" in cfg.model else [cfg.model]
+        has_masks = "roi_heads" in models[0] and models[0].roi_heads.mask_head is not None
         assert cfg.dataloader.train.mapper.use_instance_mask == has_masks, config.name
-        assert ("roi_heads" in teacher and teacher.roi_heads.mask_head is not None) == has_masks
+        for model in models[1:]:
+            assert ("roi_heads" in model and model.roi_heads.mask_head is not None) == has_masks
         assert cfg.dataloader.train.dataset.names == "coco_2017_train"
         assert cfg.dataloader.test.dataset.names == "coco_2017_val"
         assert cfg.dataloader.evaluator.dataset_name == "coco_2017_val"
@@ -235,14 +297,24 @@ def copypaste_results(log):
     return results
 
 
+#: End to end: the MKD configs, and one plain student (its ImageNet start through
+#: train.init_checkpoint). The baselines differ from their MKD config by the distiller only.
+END_TO_END = [c for c in CONFIGS if c.stem.endswith("_mkd_2x") or c.stem == "retinanet_R18_2x"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda path: path.stem)
+@pytest.mark.parametrize("config", END_TO_END, ids=lambda path: path.stem)
 def test_train_net_trains_then_evaluates_on_coco_layout(config, coco_root, weight_files, tmp_path):
     cfg = LazyConfig.load(str(config))
-    provide_weights(cfg, weight_files)
+    plain = config.stem in STUDENT_CONFIGS
+    mkd_config = COCO / f"{STUDENT_CONFIGS[config.stem]}.py" if plain else config
+    provide_weights(LazyConfig.load(str(mkd_config)), weight_files)
     env = dict(os.environ, DETECTRON2_DATASETS=str(coco_root), OMP_NUM_THREADS="1",
                FVCORE_CACHE=str(weight_files["root"] / "cache"))
-    keep_boxes = KEEP_ALL_BOXES[cfg.model.student._target_.__name__]
+    student = cfg.model if plain else cfg.model.student
+    keep_boxes = KEEP_ALL_BOXES[student._target_.__name__]
+    if plain:
+        keep_boxes = keep_boxes.replace("model.student.", "model.")
     out = tmp_path / "train"
     log = run_train_net(config, env, weight_files["root"], *TINY_RUN, keep_boxes,
                         f"train.output_dir={out}", f"dataloader.evaluator.output_dir={out}")

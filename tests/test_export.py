@@ -27,8 +27,9 @@ def test_exported_student_loads_into_plain_detectron2_with_equal_outputs(tmp_pat
     train_step(model, tiny.batch(with_masks=False))  # so the student differs from its init
     DetectionCheckpointer(model, str(tmp_path)).save("mkd")
 
-    load_tool("export_student").main(["--config-file", CONFIG, "--checkpoint", str(tmp_path / "mkd.pth"),
-                  "--output", str(tmp_path / "student.pth"), *SMALL])
+    load_tool("export_student").main(["--config-file", CONFIG, "--checkpoint",
+                                      str(tmp_path / "mkd.pth"), "--output",
+                                      str(tmp_path / "student.pth"), *SMALL])
 
     plain = instantiate(cfg.model.student)  # plain Detectron2: no MKD code involved
     exported = torch.load(tmp_path / "student.pth", map_location="cpu")["model"]
@@ -51,13 +52,15 @@ def test_export_refuses_a_checkpoint_of_another_student(tmp_path):
     model = instantiate(cfg.model)
     DetectionCheckpointer(model, str(tmp_path)).save("mkd")
     with pytest.raises(RuntimeError, match="does not fit cfg.model.student"):
-        load_tool("export_student").main(["--config-file", CONFIG, "--checkpoint", str(tmp_path / "mkd.pth"),
-                      "--output", str(tmp_path / "student.pth"), *SMALL,
-                      "model.student.backbone.bottom_up.stages.depth=34"])
+        load_tool("export_student").main(["--config-file", CONFIG, "--checkpoint",
+                                          str(tmp_path / "mkd.pth"), "--output",
+                                          str(tmp_path / "student.pth"), *SMALL,
+                                          "model.student.backbone.bottom_up.stages.depth=34"])
     torch.save({"model": model.student.state_dict()}, tmp_path / "plain.pth")
     with pytest.raises(ValueError, match="not an MKD training checkpoint"):
-        load_tool("export_student").main(["--config-file", CONFIG, "--checkpoint", str(tmp_path / "plain.pth"),
-                      "--output", str(tmp_path / "student.pth"), *SMALL])
+        load_tool("export_student").main(["--config-file", CONFIG, "--checkpoint",
+                                          str(tmp_path / "plain.pth"), "--output",
+                                          str(tmp_path / "student.pth"), *SMALL])
 
 
 def trained_mkd_checkpoint(tmp_path, overrides=SMALL):
