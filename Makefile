@@ -2,9 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-# Detectron2's main branch built from source (tools/install/install_d2main.sh).
+# Detectron2's main branch built from source (tools/install/install_d2main.sh): from its git
+# repository at the pinned commit, or from a source archive of it when D2MAIN_ARCHIVE is set.
 D2MAIN_VENV ?= .venv-d2main
-D2MAIN_ARCHIVE ?= ../shared/detectron2-main.tar.gz
+D2MAIN_ARCHIVE ?=
 
 .PHONY: setup test demo setup-d2main test-d2main
 
@@ -16,7 +17,7 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 setup-d2main:
-	@bash tools/install/install_d2main.sh $(D2MAIN_VENV) $(D2MAIN_ARCHIVE)
+	@bash tools/install/install_d2main.sh "$(D2MAIN_VENV)" "$(D2MAIN_ARCHIVE)"
 
 test-d2main: setup-d2main
 	@echo "[test-d2main] running the test suite on Detectron2 main"

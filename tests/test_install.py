@@ -3,6 +3,7 @@ against a stand-in virtual environment whose ``python`` records every pip comman
 running it, and imports stand-ins for the packages the environment is said to hold."""
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -21,14 +22,15 @@ FAKE_PYTHON = r'''
 import importlib.abc, importlib.machinery, json, os, sys, tarfile, io
 
 STUBBED = {"torch", "torchvision", "detectron2", "mkd", "numpy", "PIL", "fvcore", "pycocotools",
-           "tensorboard", "matplotlib", "scipy", "sklearn", "skimage", "pytest"}
+           "tensorboard", "matplotlib", "scipy", "sklearn", "skimage", "pytest", "setuptools",
+           "wheel", "ninja", "timm"}
 state_file = os.environ["FAKE_STATE"]
 installed = set(open(state_file).read().split())
 args = sys.argv[1:]
 
 if args[:2] == ["-m", "pip"]:
     args = [a for a in args if a not in ("--disable-pip-version-check", "-q")]
-    entry = {"pip": args[2:]}
+    entry = {"pip": args[2:], "FORCE_CUDA": os.environ.get("FORCE_CUDA")}
     for flag in ("-c", "-r"):
         if flag in args:
             entry[flag] = open(args[args.index(flag) + 1]).read()
@@ -43,7 +45,7 @@ if args[:2] == ["-m", "pip"]:
                 info = tarfile.TarInfo("pb1-detectron2-0.6/" + name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    if args[2] == "install" and args[-1].endswith("pb1-detectron2-0.6"):
+    if args[2] == "install" and (args[-1].endswith("pb1-detectron2-0.6") or args[-1] == "."):
         installed.add("detectron2")
     if args[2] == "install" and "-e" in args:
         installed.add("mkd")
@@ -58,13 +60,15 @@ class Stand_ins(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return None
         if name.split(".")[0] not in installed:
             raise ModuleNotFoundError(f"No module named {name!r}")
-        return importlib.machinery.ModuleSpec(name, self)
+        return importlib.machinery.ModuleSpec(name, self, is_package=True)
 
     def create_module(self, spec):
         return None
 
     def exec_module(self, module):
         module.__version__ = os.environ.get("FAKE_VERSION_" + module.__name__, "9.9")
+        if module.__name__ == "torch":
+            module.version = type("version", (), {"cuda": os.environ.get("FAKE_TORCH_CUDA")})
 
 
 sys.meta_path.insert(0, Stand_ins())
@@ -74,18 +78,21 @@ exec(compile(code, "<fake>", "exec"), {"__name__": "__main__"})
 '''
 
 
-def run_script(tmp_path, installed, python="3.11", **versions):
-    """install_env.sh on a stand-in venv holding ``installed``; (result, pip commands)."""
+def run_script(tmp_path, installed, python="3.11", script=SCRIPT, args=(), env=None, **versions):
+    """``script`` (install_env.sh) on a stand-in venv holding ``installed``; (result, pip
+    commands)."""
     venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "log").unlink(missing_ok=True)
     fake = venv / "bin" / "python"
     fake.write_text(f"#!{sys.executable}\n{FAKE_PYTHON}")
     fake.chmod(0o755)
     (tmp_path / "state").write_text(" ".join(installed))
-    env = dict(os.environ, FAKE_LOG=str(tmp_path / "log"), FAKE_STATE=str(tmp_path / "state"),
-               FAKE_PYTHON=python, **{f"FAKE_VERSION_{k}": v for k, v in versions.items()})
-    result = subprocess.run(["bash", str(SCRIPT), str(venv)], env=env, capture_output=True,
-                            text=True, timeout=60)
+    env = dict(env or os.environ, FAKE_LOG=str(tmp_path / "log"),
+               FAKE_STATE=str(tmp_path / "state"), FAKE_PYTHON=python,
+               **{f"FAKE_VERSION_{k}": v for k, v in versions.items()})
+    result = subprocess.run(["bash", str(script), str(venv), *args], env=env,
+                            capture_output=True, text=True, timeout=60)
     log = tmp_path / "log"
     calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return result, calls
@@ -173,3 +180,81 @@ def test_setup_cfg_lists_every_package_of_projects_mkd():
     found = {".".join(("mkd",) + init.parent.relative_to(root).parts)
              for init in root.rglob("__init__.py")}
     assert listed == found
+
+
+# -- tools/install/install_d2main.sh -----------------------------------------------------------
+D2MAIN = REPO / "tools" / "install" / "install_d2main.sh"
+D2MAIN_BASE = BASE + ["setuptools", "wheel", "ninja", "sklearn", "skimage", "timm", "mkd"]
+
+
+def source_archive(tmp_path):
+    """A stand-in Detectron2 source archive (the build itself is the stand-in pip's)."""
+    import tarfile
+
+    (tmp_path / "src" / "detectron2-main").mkdir(parents=True)
+    (tmp_path / "src" / "detectron2-main" / "setup.py").write_text("")
+    with tarfile.open(tmp_path / "d2.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src" / "detectron2-main", "detectron2-main")
+    return tmp_path / "d2.tar.gz"
+
+
+def path_with_nvcc(tmp_path, nvcc):
+    """$PATH with a stand-in nvcc first, or without any nvcc; CUDA_HOME at no toolkit."""
+    bin_dir = tmp_path / "toolkit" / "bin"
+    bin_dir.mkdir(parents=True)
+    if nvcc:
+        (bin_dir / "nvcc").write_text("#!/bin/sh\n")
+        (bin_dir / "nvcc").chmod(0o755)
+    directories = [d for d in os.environ["PATH"].split(os.pathsep)
+                   if not os.path.exists(os.path.join(d, "nvcc"))]
+    env = {k: v for k, v in os.environ.items() if k != "FORCE_CUDA"}
+    return dict(env, PATH=os.pathsep.join([str(bin_dir)] + directories),
+                CUDA_HOME=str(tmp_path / "no-toolkit"))
+
+
+@pytest.mark.parametrize("nvcc, torch_cuda, force, built_with", [
+    (True, "13.0", None, "1"),   # a toolkit and a CUDA torch: CUDA ops
+    (True, "", None, "0"),       # a CPU build of torch: CPU ops
+    (False, "13.0", None, "0"),  # no toolkit: CPU ops
+    (True, "13.0", "0", "0"),    # the caller's FORCE_CUDA is kept
+])
+def test_d2main_builds_cuda_ops_when_a_toolkit_is_present(tmp_path, nvcc, torch_cuda, force,
+                                                          built_with):
+    env = path_with_nvcc(tmp_path, nvcc)
+    env["FAKE_TORCH_CUDA"] = torch_cuda
+    if force is not None:
+        env["FORCE_CUDA"] = force
+    result, calls = run_script(tmp_path, D2MAIN_BASE, script=D2MAIN,
+                               args=[str(source_archive(tmp_path))], env=env)
+    assert result.returncode == 0, result.stderr
+    (build,) = [call for call in calls if call["pip"][-1] == "."]
+    assert build["FORCE_CUDA"] == built_with
+    assert ("CUDA ops" in result.stdout) == (built_with == "1" and force is None)
+
+    # The same source again: kept, not rebuilt.
+    result, calls = run_script(tmp_path, D2MAIN_BASE + ["detectron2"], script=D2MAIN,
+                               args=[str(tmp_path / "d2.tar.gz")], env=env)
+    assert result.returncode == 0, result.stderr
+    assert "already built: keeping it" in result.stdout and calls == []
+
+
+def test_d2main_refuses_a_missing_archive_and_keeps_a_git_build(tmp_path):
+    result, calls = run_script(tmp_path, D2MAIN_BASE, script=D2MAIN,
+                               args=[str(tmp_path / "missing.tar.gz")])
+    assert result.returncode == 1 and calls == []
+    assert "no Detectron2 source archive at" in result.stderr
+    assert "or none to build from git" in result.stderr
+
+    # No archive: the source is the pinned commit of the git repository (not fetched here: a
+    # build of that commit is already in the environment).
+    commit = re.search(r"D2MAIN_COMMIT:-([0-9a-f]{40})", D2MAIN.read_text()).group(1)
+    repo = "https://github.com/facebookresearch/detectron2.git"
+    (tmp_path / "venv").mkdir(exist_ok=True)
+    (tmp_path / "venv" / ".mkd-detectron2-main.sha256").write_text(f"git {repo} {commit}\n")
+    result, calls = run_script(tmp_path, D2MAIN_BASE + ["detectron2"], script=D2MAIN)
+    assert result.returncode == 0, result.stderr
+    assert f"{repo} at {commit[:7]} already built: keeping it" in result.stdout
+    assert calls == []
+    # README and the pinned commit agree.
+    assert commit[:7] in (REPO / "README.md").read_text() or commit[:7] in (
+        REPO / "docs" / "install.md").read_text()

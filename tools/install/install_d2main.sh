@@ -1,22 +1,41 @@
 #!/usr/bin/env bash
 # Creates (or completes) a second environment with Detectron2's main branch built from source,
 # C++ ops included, as Detectron2 documents for GPU users: the project is tested on it too.
-# Idempotent: every step checks first; Detectron2 is rebuilt only when the archive changes.
+# The source is Detectron2's git repository at the pinned commit below, or a source archive of
+# it when one is given. CUDA ops are built when a CUDA toolkit (nvcc) and a CUDA build of torch
+# are present, or when FORCE_CUDA=1; otherwise the CPU ops only.
+# Idempotent: every step checks first; Detectron2 is rebuilt only when its source changes.
 #   usage: tools/install/install_d2main.sh [VENV_DIR] [ARCHIVE]
-#   (defaults: .venv-d2main at the repository root, ../shared/detectron2-main.tar.gz beside it)
+#   (defaults: .venv-d2main at the repository root; no archive: git, at D2MAIN_COMMIT)
 set -euo pipefail
+
+# The commit the project is tested on (2026-06-06), and where it comes from.
+D2MAIN_REPO=${D2MAIN_REPO:-https://github.com/facebookresearch/detectron2.git}
+D2MAIN_COMMIT=${D2MAIN_COMMIT:-02b5c4e295e990042a714712c21dc79b731e8833}
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 venv=$(realpath -m "${1:-$root/.venv-d2main}")  # absolute: the build runs in another folder
-archive=$(realpath -m "${2:-$root/../shared/detectron2-main.tar.gz}")
+archive=${2:-}
 py=$venv/bin/python
 pip() { "$py" -m pip --disable-pip-version-check -q "$@"; }
 step() { printf '[setup-d2main] %s\n' "$*"; }
 
-if [ ! -f "$archive" ]; then
-  echo "[setup-d2main] no Detectron2 source archive at $archive:" \
-    "pass its path as the second argument (make test-d2main D2MAIN_ARCHIVE=...)" >&2
-  exit 1
+if [ -n "$archive" ]; then
+  archive=$(realpath -m "$archive")
+  if [ ! -f "$archive" ]; then
+    echo "[setup-d2main] no Detectron2 source archive at $archive: pass an existing archive" \
+      "(make test-d2main D2MAIN_ARCHIVE=...), or none to build from git ($D2MAIN_REPO at" \
+      "$D2MAIN_COMMIT)" >&2
+    exit 1
+  fi
+  source_name=$(basename "$archive")
+  source_id=$(sha256sum < "$archive")
+else
+  command -v git >/dev/null \
+    || { echo "[setup-d2main] building from git needs git: install it, or pass a source" \
+           "archive (make test-d2main D2MAIN_ARCHIVE=...)" >&2; exit 1; }
+  source_name="$D2MAIN_REPO at ${D2MAIN_COMMIT:0:7}"
+  source_id="git $D2MAIN_REPO $D2MAIN_COMMIT"
 fi
 
 if [ ! -x "$py" ]; then
@@ -29,25 +48,56 @@ if ! "$py" -c "import torch, torchvision, setuptools, wheel, ninja" 2>/dev/null;
   pip install "torch==2.14.1" "torchvision==0.29.1" "setuptools<81" wheel ninja
 fi
 
-# The stamp holds the archive's sha256: a build from another archive is replaced.
-stamp=$venv/.mkd-detectron2-main.sha256
-sum=$(sha256sum < "$archive")
-if [ "$sum" = "$(cat "$stamp" 2>/dev/null)" ] \
-  && (cd / && "$py" -c "import detectron2._C") 2>/dev/null; then
-  step "Detectron2 main from $(basename "$archive") already built: keeping it"
+# CUDA ops: Detectron2's setup.py builds them when torch sees a GPU, or when FORCE_CUDA=1 (a
+# machine with the toolkit but no visible GPU, e.g. a container build). A value the caller set
+# is kept.
+if [ -z "${FORCE_CUDA:-}" ]; then
+  nvcc=$(command -v nvcc || true)
+  if [ -z "$nvcc" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then
+    nvcc=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
+  fi
+  torch_cuda=$(cd / && "$py" -c 'import torch; print(torch.version.cuda or "")')
+  if [ -n "$nvcc" ] && [ -n "$torch_cuda" ]; then
+    export FORCE_CUDA=1
+    export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$nvcc")")}
+    ops="CPU and CUDA ops (nvcc at $nvcc, torch built for CUDA $torch_cuda)"
+  else
+    export FORCE_CUDA=0
+    ops="CPU ops (no CUDA toolkit, or a CPU build of torch)"
+  fi
 else
-  step "building Detectron2 main from $(basename "$archive") with its CPU ops (~6 min on 2 cores)"
+  ops="ops with FORCE_CUDA=$FORCE_CUDA as set"
+fi
+
+# The stamp names the source (the archive's sha256, or the commit): another source is rebuilt.
+stamp=$venv/.mkd-detectron2-main.sha256
+if [ "$source_id" = "$(cat "$stamp" 2>/dev/null)" ] \
+  && (cd / && "$py" -c "import detectron2._C") 2>/dev/null; then
+  step "Detectron2 main from $source_name already built: keeping it"
+else
+  step "building Detectron2 main from $source_name with its $ops (several minutes on a few" \
+    "CPU cores; MAX_JOBS sets the parallel compiles)"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  tar xzf "$archive" -C "$work"
-  src=$(find "$work" -mindepth 1 -maxdepth 1 -type d | head -n 1)
+  if [ -n "$archive" ]; then
+    tar xzf "$archive" -C "$work"
+    src=$(find "$work" -mindepth 1 -maxdepth 1 -type d | head -n 1)
+  else
+    # One commit, no history: GitHub serves a commit by its full hash.
+    src=$work/detectron2
+    git init -q "$src"
+    git -C "$src" fetch -q --depth 1 "$D2MAIN_REPO" "$D2MAIN_COMMIT" \
+      || { echo "[setup-d2main] could not fetch $D2MAIN_COMMIT from $D2MAIN_REPO (network?):" \
+             "pass a source archive instead (make test-d2main D2MAIN_ARCHIVE=...)" >&2; exit 1; }
+    git -C "$src" checkout -q FETCH_HEAD
+  fi
   # Built in a temporary folder and imported from elsewhere: inside the source tree, its
   # detectron2/ folder would shadow the installed package.
-  (cd "$src" && MAX_JOBS=${MAX_JOBS:-2} FORCE_CUDA=0 "$py" -m pip --disable-pip-version-check -q \
+  (cd "$src" && MAX_JOBS=${MAX_JOBS:-2} "$py" -m pip --disable-pip-version-check -q \
     install --no-build-isolation .)
   (cd / && "$py" -c "import detectron2._C") \
     || { echo "[setup-d2main] Detectron2 built but its C++ ops do not import" >&2; exit 1; }
-  echo "$sum" > "$stamp"
+  echo "$source_id" > "$stamp"
 fi
 
 # What the test suite needs beyond Detectron2's own dependencies (current numpy and Pillow come
@@ -61,9 +111,9 @@ fi
 
 if ! (cd / && "$py" -c "import mkd") 2>/dev/null; then
   step "installing this project (pip install -e .)"
-  pip install --no-build-isolation -e "$root"
+  pip install --no-deps --no-build-isolation -e "$root"
 fi
 
 versions=$(cd / && "$py" -c 'import numpy, PIL, torch, detectron2, mkd
 print(f"torch {torch.__version__}, numpy {numpy.__version__}, Pillow {PIL.__version__}")')
-step "environment ready: Detectron2 main (from $(basename "$archive")), $versions"
+step "environment ready: Detectron2 main (from $source_name), $versions"
