@@ -1,7 +1,7 @@
 """MKD's defaults, shared by every MKD config: set ``model.teacher`` and ``model.student`` to
 ordinary Detectron2 model configs, ``model.teacher_weights``, and override what differs.
 
-Spec defaults where the paper is silent (see README, 'Design choices'): mask ratio 0.5 on a
+Spec defaults where the paper is silent (see docs/design_choices.md): mask ratio 0.5 on a
 32-pixel patch grid, a 2-layer 256-wide decoder over one sequence of all levels, per-channel
 standardisation before the feature loss's MSE (per-image before the global loss's), the loss on
 all positions, and a clean pass for the task loss.

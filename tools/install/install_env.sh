@@ -44,7 +44,7 @@ else
     echo "[setup] $venv has Python $version and no Detectron2. This script would install" \
       "Detectron2 0.6, whose sources need numpy<1.24, which has no wheels for Python 3.12 or" \
       "later. Install Detectron2 from source into this environment first (README:" \
-      "Installation; it keeps it), or use Python 3.8-3.11 for $venv." >&2
+      "Install; it keeps it), or use Python 3.8-3.11 for $venv." >&2
     exit 1
   fi
   # Reinstalled when the pins change.
