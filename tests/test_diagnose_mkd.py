@@ -220,3 +220,41 @@ def test_refuses_unfinished_runs_and_runs_without_a_teacher(tmp_path):
         diagnose.main(["--runs", str(tmp_path), "--output-dir", str(tmp_path / "out")])
     with pytest.raises(SystemExit):
         diagnose.parse_args(["--runs", str(tmp_path), "--images", "1"])
+
+
+class _RecordingDecoder(torch.nn.Module):
+    """The trained decoder, keeping the features it was given."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.decoder, self.seen = decoder, []
+
+    def forward(self, features, mask):
+        self.seen.append(features)
+        return self.decoder(features, mask)
+
+
+@pytest.mark.slow
+def test_the_decoder_is_scored_on_the_masked_pass_as_training_ran_it(mkd_model, monkeypatch):
+    """BN in training mode (batch statistics over visible positions), not eval mode's running
+    statistics; the model's mode and state unchanged afterwards."""
+    model, inputs = mkd_model
+    recorder = _RecordingDecoder(model.distiller.decoder)
+    seen = recorder.seen
+    monkeypatch.setattr(model.distiller, "decoder", recorder)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    teacher = diagnose.teacher_maps(model, inputs)
+    diagnose.reconstruction_errors(model, inputs, teacher, LEVELS, "channel")
+    assert not model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    images = model.student.preprocess_image(inputs[:1]).tensor
+    mask = model.masker([tuple(inputs[0]["image"].shape[-2:])],
+                        [diagnose.image_key(inputs[0], 0)], step=0)
+    with torch.no_grad():
+        in_eval = model.masked_student_features(images, mask)
+        with diagnose.training_mode(model):  # restores the running statistics
+            in_training = model.masked_student_features(images, mask)
+    for level in ("p3", "p4"):
+        torch.testing.assert_close(seen[0][level], in_training[level])
+        assert not torch.allclose(seen[0][level], in_eval[level], atol=1e-3)

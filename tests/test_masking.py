@@ -296,3 +296,16 @@ def test_batch_norm_statistics_keep_plain_bn_in_the_masked_pass():
 def test_unknown_norm_statistics_are_refused_with_the_choices():
     with pytest.raises(ValueError, match="visible"):
         MaskedConvolutions(_conv_bn(), norm_statistics="sparse")
+
+
+def test_sparse_bn_running_update_keeps_an_earlier_pass_differentiable():
+    """A clean pass, then a masked pass that updates the running statistics, then backward
+    through both (the diagnosis does this): BN's saved buffers must keep their version."""
+    module = _conv_bn()
+    mask, image = _mask_and_image()
+    masked = MaskedConvolutions(module, norm_statistics="visible")
+    clean = module(image)
+    with masked.active(mask):
+        hidden_half = module(image)
+    (clean.sum() + hidden_half.pow(2).sum()).backward()
+    assert module[0].weight.grad.abs().sum() > 0

@@ -9,8 +9,10 @@ or any ``tools/train_net.py`` output directory: ``config.yaml``, ``model_final.p
    iteration, the task loss of every run on one axis (does distillation lower it or fight it?)
    and each distilled run's distillation-to-task ratio. Task terms are the ones the run's student
    returns by itself (one training-mode forward); the others are the distiller's.
-2. **Reconstruction error per level** on ``--images`` test images, in eval mode, each MKD run's
-   own masker drawing step 0 at ``--seed``: the normalised MSE ``mean (z_T - z)^2``, ``z`` the
+2. **Reconstruction error per level** on ``--images`` test images, each MKD run's own masker
+   drawing step 0 at ``--seed``; the clean student in eval mode, the masked pass as training
+   ran it (BN on the image's batch statistics, as ``masked_norm_statistics`` says; eval mode
+   would feed the decoder features normalised with running statistics, which it never saw): the normalised MSE ``mean (z_T - z)^2``, ``z`` the
    features after the feature loss's own normalisation (the loss is half this, on all positions),
    of the decoder's output at hidden and visible positions; of every run's clean student features
    channel for channel (``raw``: meaningful only where the distiller ties channels, e.g. FGD/MGD
@@ -265,7 +267,7 @@ def reconstruction_errors(model, inputs: Sequence[Dict], teacher: Sequence[Dict]
         if decodes:
             height, width = x["image"].shape[-2:]
             mask = model.masker([(height, width)], [image_key(x, 0)], step=0, device=model.device)
-            masked = model.masked_student_features(images, mask)
+            masked = model.masked_student_features_as_trained(images, mask)
             decoded = distiller.decoder({k: masked[k] for k in model.levels}, mask)
             for k in levels:
                 error = squared_error_map(decoded[k].cpu(), t[k], mode)

@@ -133,7 +133,7 @@ def compute_panels(before: mkd.MKD, after: mkd.MKD, batched_input: Dict) -> Imag
     mode = after.distiller.feature_loss.normalize
     reconstructed = {}
     for name, model in (("before", before), ("after", after)):
-        features = model.masked_student_features(images.tensor, mask)
+        features = model.masked_student_features_as_trained(images.tensor, mask)
         decoded = model.distiller.decoder({k: features[k] for k in model.levels}, mask)
         reconstructed[name] = {k: normalize_features(v, mode) for k, v in decoded.items()}
     strides = after.student.backbone.output_shape()

@@ -234,10 +234,11 @@ class MaskedConvolutions:
             mean, var, count = _visible_statistics(norm, x, self._mask.at_feature(x))
         momentum = norm.momentum if norm.momentum is not None else 0.0
         if count is not None and norm.track_running_stats and momentum > 0:
-            with torch.no_grad():
-                unbiased = var * count / (count - 1).clamp(min=1)
-                norm.running_mean.lerp_(mean.detach().to(norm.running_mean), momentum)
-                norm.running_var.lerp_(unbiased.detach().to(norm.running_var), momentum)
+            # Through .data, as BN's kernel does: autograd graphs that saved these buffers (an
+            # earlier pass of the same step) must not see a new version of them.
+            unbiased = (var * count / (count - 1).clamp(min=1)).detach()
+            norm.running_mean.data.lerp_(mean.detach().to(norm.running_mean), momentum)
+            norm.running_var.data.lerp_(unbiased.to(norm.running_var), momentum)
         shape = (1, -1, 1, 1)
         y = (x - mean.view(shape).to(x.dtype)) * torch.rsqrt(var.view(shape) + norm.eps).to(x.dtype)
         if norm.affine:

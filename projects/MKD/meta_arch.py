@@ -200,6 +200,7 @@ class MKD(nn.Module):
         teacher.requires_grad_(False)
         teacher.eval()
         self.masker = masker
+        self.masked_norm_statistics = masked_norm_statistics
         self.task_pass = task_pass
         self.freeze_norm_statistics = freeze_norm_statistics
         self.levels = self._distilled_levels(levels)
@@ -327,9 +328,26 @@ class MKD(nn.Module):
         return self._masked_convs.active(mask) if mask is not None else contextlib.nullcontext()
 
     def masked_student_features(self, images: torch.Tensor, mask) -> Dict[str, torch.Tensor]:
-        """The student's FPN features of a normalised, padded batch with ``mask`` applied."""
+        """The student's FPN features of a normalised, padded batch with ``mask`` applied, in
+        the backbone's current mode."""
         with self._masking(mask):
             return self.student.backbone(images)
+
+    def masked_student_features_as_trained(self, images: torch.Tensor, mask):
+        """The masked pass as a training step runs it, whatever the model's mode: BN on batch
+        statistics (``masked_norm_statistics``; after a clean pass, whose statistics "clean"
+        borrows), running statistics untouched. Measurements of the decoder need this: in eval
+        mode BN would use running statistics, on inputs training never gave the decoder."""
+        backbone = self.student.backbone
+        was_training = backbone.training
+        backbone.train()
+        try:
+            with _frozen_norm_statistics(backbone):
+                if self.masked_norm_statistics == "clean":
+                    backbone(images)
+                return self.masked_student_features(images, mask)
+        finally:
+            backbone.train(was_training)
 
     @torch.no_grad()
     def teacher_features(self, batched_inputs: List[Dict], student_images: torch.Tensor):
