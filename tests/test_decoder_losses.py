@@ -286,3 +286,22 @@ def test_a_decoder_without_transformer_maps_each_token_alone():
     assert not torch.allclose(a[..., :2, :2], b[..., :2, :2])
     torch.testing.assert_close(a[..., 2:, :], b[..., 2:, :])  # no context: others unchanged
     torch.testing.assert_close(a[..., :, 2:], b[..., :, 2:])
+
+
+def test_residual_adapter_adds_a_per_position_1x1_path_to_the_decoder_output():
+    shapes = {"p3": ShapeSpec(channels=8, stride=8), "p4": ShapeSpec(channels=8, stride=16)}
+    teacher = {k: ShapeSpec(channels=12, stride=v.stride) for k, v in shapes.items()}
+    plain = MKDDecoder(width=16, depth=1, num_heads=2, patch_size=32).build(shapes, teacher)
+    torch.manual_seed(0)
+    residual = MKDDecoder(width=16, depth=1, num_heads=2, patch_size=32,
+                          residual_adapter=True)
+    residual.build(shapes, teacher)
+    residual.load_state_dict(plain.state_dict(), strict=False)  # the same decoder, plus 1x1s
+    mask = PatchMasker(patch_size=32, mask_ratio=0.5)([(64, 64)], [0], step=0)
+    student = _features(8, 64, 64, batch=1, levels={"p3": 8, "p4": 16})
+    a, b = plain(student, mask), residual(student, mask)
+    for level, x in student.items():
+        conv = residual.residual[level]
+        assert conv.kernel_size == (1, 1) and (conv.in_channels, conv.out_channels) == (8, 12)
+        torch.testing.assert_close(b[level], a[level] + conv(x))
+    assert plain.residual is None

@@ -161,6 +161,9 @@ ABLATIONS = {
     "tokens-16": ["model.distiller.decoder.token_stride=16"],
     # What the decoder leaves to the student: no transformer (per-token maps, no context).
     "decoder-depth-0": ["model.distiller.decoder.depth=0"],
+    # This project's variant: a 1x1 conv from the student to the teacher's channels added to
+    # the decoder's output (mimicking's direct path beside the decoder).
+    "residual-adapter": ["model.distiller.decoder.residual_adapter=True"],
 }
 SMOKE_ITER = 5  # Detectron2 times iterations after the third
 # A five-iteration teacher has unsettled BN statistics: its raw P6/P7 features reach hundreds,

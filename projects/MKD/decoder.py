@@ -43,6 +43,10 @@ class MKDDecoder(nn.Module):
     than patches: on small images a 32-pixel grid squeezes all of P3 into a handful of tokens.
     A token still lies inside one patch, so it is wholly hidden or wholly visible. ``depth=0``
     keeps the decoder without its transformer (per-token maps only, no context).
+
+    ``residual_adapter=True`` is this project's variant, not the paper's: a 1x1 conv per level
+    from the student's map straight to the teacher's channels, added to the decoder's output,
+    so every position also gets mimicking's local, direct path to the student.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class MKDDecoder(nn.Module):
         patch_size: int = 32,
         token_stride: Optional[int] = None,
         one_sequence: bool = True,
+        residual_adapter: bool = False,
     ):
         super().__init__()
         if depth < 0:
@@ -71,6 +76,7 @@ class MKDDecoder(nn.Module):
         self.patch_size = patch_size
         self.token_stride = token_stride
         self.one_sequence = one_sequence
+        self.residual = nn.ModuleDict() if residual_adapter else None
         layer = nn.TransformerEncoderLayer(
             width, num_heads, int(width * mlp_ratio), dropout=0.0, activation="gelu",
             batch_first=True, norm_first=True,
@@ -106,6 +112,8 @@ class MKDDecoder(nn.Module):
                 self.srm[level] = nn.Linear(self.width, c_out)
             self.mask_tokens[level] = nn.Parameter(torch.zeros(self.width))
             nn.init.normal_(self.mask_tokens[level], std=0.02)
+            if self.residual is not None:
+                self.residual[level] = nn.Conv2d(shape.channels, c_out, kernel_size=1)
             self.levels.append(level)
             self._scale[level] = p
         self.level_embed = nn.Parameter(torch.zeros(len(self.levels), self.width))
@@ -132,10 +140,13 @@ class MKDDecoder(nn.Module):
             tokens.append(x + pos + self.level_embed[i].to(x.dtype))
             grids.append((h, w))
         decoded = self._decode(tokens)
-        return {
+        out = {
             level: self._recover(level, y, grid, features[level].shape[-2:])
             for level, y, grid in zip(self.levels, decoded, grids)
         }
+        if self.residual is not None:
+            out = {level: y + self.residual[level](features[level]) for level, y in out.items()}
+        return out
 
     def _decode(self, tokens: List[torch.Tensor]) -> List[torch.Tensor]:
         if self.one_sequence:
