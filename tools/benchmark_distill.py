@@ -125,6 +125,12 @@ BASELINES = ("mimic", "fgd", "mgd")  # what MKD must beat, at equal tuning budge
 RECIPES = ("fgd_recipe",)
 #: Masked mimicking's patch masker: MKD's (configs/common/mkd.py), as an override.
 MKD_MASKER = "model.masker={_target_:mkd.masking.PatchMasker,patch_size:32,mask_ratio:0.5}"
+#: The distiller's parameters trained by AdamW, the student's by its SGD (mkd.solver).
+DISTILLER_ADAMW = ["optimizer._target_=mkd.solver.SGDWithAdamWGroups",
+                   "optimizer.params._target_=mkd.solver.distillation_param_groups",
+                   "+optimizer.params.base_lr=${optimizer.lr}",
+                   "+optimizer.params.distiller_lr_factor=0.1",
+                   "+optimizer.params.distiller_adamw=True"]
 #: MKD's open questions: one row each, every other setting as in the table's MKD row. A value
 #: ``(method, overrides)`` varies another method's row instead (the controls of MKD's parts).
 ABLATIONS = {
@@ -161,6 +167,10 @@ ABLATIONS = {
     "tokens-16": ["model.distiller.decoder.token_stride=16"],
     # What the decoder leaves to the student: no transformer (per-token maps, no context).
     "decoder-depth-0": ["model.distiller.decoder.depth=0"],
+    # AdamW (lr 1e-3: 0.1 x the student's) for the distiller's parameters, SGD for the student;
+    # mimic's adapter gets the same lever.
+    "distiller-adamw": DISTILLER_ADAMW,
+    "mimic-x3-adamw": ("mimic", ["model.distiller.weight=6.0", *DISTILLER_ADAMW]),
     # This project's variant: a 1x1 conv from the student to the teacher's channels added to
     # the decoder's output (mimicking's direct path beside the decoder).
     "residual-adapter": ["model.distiller.decoder.residual_adapter=True"],
