@@ -47,6 +47,7 @@ def add_mkd_config(cfg: CN) -> CN:
     m.LEVELS = []  # empty: every level the two backbones share
     m.TASK_PASS = "clean"
     m.INIT_STUDENT_FROM_TEACHER = False
+    m.MASKED_NORM_STATISTICS = "visible"  # BN in the masked pass: "visible", "clean" or "batch"
     m.PATCH_SIZE = 32
     m.MASK_RATIO = 0.5
     m.SEED = None  # None: drawn from the run's seed (cfg.SEED), saved with the checkpoint
@@ -54,6 +55,8 @@ def add_mkd_config(cfg: CN) -> CN:
     m.DECODER_DEPTH = 2
     m.DECODER_HEADS = 8
     m.ONE_SEQUENCE = True
+    m.TOKEN_STRIDE = 0  # 0: one decoder token per mask patch; a divisor of PATCH_SIZE: finer
+    m.RESIDUAL_ADAPTER = False  # this project's variant: a 1x1 path beside the decoder
     m.NORMALIZE = "channel"
     m.POSITIONS = "all"
     m.FEATURE_WEIGHT = 1.0
@@ -124,7 +127,9 @@ def mkd_kwargs_from_yacs(cfg: CN) -> dict:
         distiller=MKDDistiller(
             decoder=MKDDecoder(width=m.DECODER_WIDTH, depth=m.DECODER_DEPTH,
                                num_heads=m.DECODER_HEADS, patch_size=m.PATCH_SIZE,
-                               one_sequence=m.ONE_SEQUENCE),
+                               token_stride=m.TOKEN_STRIDE or None,
+                               one_sequence=m.ONE_SEQUENCE,
+                               residual_adapter=m.RESIDUAL_ADAPTER),
             feature_loss=FeatureLoss(normalize=m.NORMALIZE, positions=m.POSITIONS),
             global_loss=(GlobalLoss(normalize=m.GLOBAL_NORMALIZE, reduction=m.GLOBAL_REDUCTION)
                          if m.GLOBAL_WEIGHT > 0 else None),
@@ -137,4 +142,5 @@ def mkd_kwargs_from_yacs(cfg: CN) -> dict:
         student_weights=student_cfg.MODEL.WEIGHTS or None,
         task_pass=m.TASK_PASS,
         init_student_from_teacher=m.INIT_STUDENT_FROM_TEACHER,
+        masked_norm_statistics=m.MASKED_NORM_STATISTICS,
     )
