@@ -2,7 +2,8 @@
 same parts as MKD: a per-level channel adapter, then losses from ``losses.py``.
 
 All three score the student's clean task-pass features (``masks_student_input = False``; masked
-mimicking is an option, for experiments).
+mimicking is an option, for experiments). Each logs its loss terms per level every ``log_period``
+iterations (``FeatureDistiller``).
 """
 from typing import Dict, List, Tuple
 
@@ -59,15 +60,17 @@ class MimicDistiller(_AlignedDistiller):
 
     always_adapt = True
 
-    def __init__(self, weight: float = 1.0, normalize: str = "channel", masked: bool = False):
-        super().__init__()
+    def __init__(self, weight: float = 1.0, normalize: str = "channel", masked: bool = False,
+                 log_period: int = 20):
+        super().__init__(log_period)
         _check_non_negative(weight=weight)
         self.weight = weight
         self.feature_loss = FeatureLoss(normalize=normalize)
         self.masks_student_input = masked
 
     def forward(self, student, teacher, context):
-        return {"loss_mimic": self.weight * self.feature_loss(self.aligned(student), teacher)}
+        terms = self.feature_loss.level_terms(self.aligned(student), teacher)
+        return self.weighted_losses({"loss_mimic": (self.weight, terms)})
 
 
 def fgd_attention(features: torch.Tensor, temperature: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -134,8 +137,9 @@ class FGDDistiller(_AlignedDistiller):
         beta_bg: float = 5e-4,
         gamma_attention: float = 5e-4,
         lambda_global: float = 5e-6,
+        log_period: int = 20,
     ):
-        super().__init__()
+        super().__init__(log_period)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         _check_non_negative(alpha_fg=alpha_fg, beta_bg=beta_bg, gamma_attention=gamma_attention,
@@ -159,29 +163,32 @@ class FGDDistiller(_AlignedDistiller):
         if gt is None or len(gt) != batch:
             raise ValueError("FGDDistiller needs the ground-truth boxes of every image "
                              "(context.gt_instances) for its foreground mask")
-        return self._losses(self.aligned(student), teacher, gt)
+        student = self.aligned(student)
+        fg, bg, attention = self._level_terms(student, teacher, gt)
+        return self.weighted_losses({
+            "loss_fgd_fg": (self.alpha_fg, fg),
+            "loss_fgd_bg": (self.beta_bg, bg),
+            "loss_fgd_attention": (self.gamma_attention, attention),
+            "loss_fgd_global": (self.lambda_global, self.global_loss.level_terms(student, teacher)),
+        })
 
     @computed_in_fp32
-    def _losses(self, student, teacher, gt):
+    def _level_terms(self, student, teacher, gt):
+        """The foreground, background and attention terms, each as ``{level: term}``."""
         batch = len(gt)
-        fg_loss = bg_loss = attention_loss = 0.0
+        fg, bg, attention = {}, {}, {}
         for level, s in student.items():
             t = teacher[level]
             spatial_t, channel_t = fgd_attention(t, self.temperature)
             spatial_s, channel_s = fgd_attention(s, self.temperature)
             foreground, background = fgd_foreground_masks(gt, t.shape[-2:], self.strides[level])
             weighted = (s - t).pow(2) * spatial_t * channel_t
-            fg_loss = fg_loss + (weighted * foreground.to(t.dtype)).sum() / batch
-            bg_loss = bg_loss + (weighted * background.to(t.dtype)).sum() / batch
-            attention_loss = attention_loss + (
+            fg[level] = (weighted * foreground.to(t.dtype)).sum() / batch
+            bg[level] = (weighted * background.to(t.dtype)).sum() / batch
+            attention[level] = (
                 (spatial_s - spatial_t).abs().sum() + (channel_s - channel_t).abs().sum()
             ) / batch
-        return {
-            "loss_fgd_fg": self.alpha_fg * fg_loss,
-            "loss_fgd_bg": self.beta_bg * bg_loss,
-            "loss_fgd_attention": self.gamma_attention * attention_loss,
-            "loss_fgd_global": self.lambda_global * self.global_loss(student, teacher),
-        }
+        return fg, bg, attention
 
 
 def mgd_keep_mask(features: torch.Tensor, mask_ratio: float) -> torch.Tensor:
@@ -197,8 +204,8 @@ class MGDDistiller(_AlignedDistiller):
     aligned student feature, regenerate the teacher's full feature from the rest with
     conv3x3-ReLU-conv3x3, ``alpha * sum ||G(mask * S) - T||^2 / N`` summed over levels."""
 
-    def __init__(self, alpha: float = 2e-5, mask_ratio: float = 0.65):
-        super().__init__()
+    def __init__(self, alpha: float = 2e-5, mask_ratio: float = 0.65, log_period: int = 20):
+        super().__init__(log_period)
         _check_non_negative(alpha=alpha)
         if not 0 <= mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
@@ -220,8 +227,9 @@ class MGDDistiller(_AlignedDistiller):
     def forward(self, student, teacher, context):
         generated = {level: self.generators[level](s * mgd_keep_mask(s, self.mask_ratio))
                      for level, s in self.aligned(student).items()}
-        return {"loss_mgd": self.alpha * self._loss(generated, teacher)}
+        terms = self._level_terms(generated, teacher)
+        return self.weighted_losses({"loss_mgd": (self.alpha, terms)})
 
     @computed_in_fp32
-    def _loss(self, generated, teacher):
-        return sum((g - teacher[level]).pow(2).sum() / len(g) for level, g in generated.items())
+    def _level_terms(self, generated, teacher):
+        return {level: (g - teacher[level]).pow(2).sum() / len(g) for level, g in generated.items()}

@@ -6,7 +6,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["normalize_features", "computed_in_fp32", "FeatureLoss", "GcBlock", "GlobalLoss"]
+__all__ = [
+    "normalize_features", "computed_in_fp32", "sum_levels", "spatial_correlation", "FeatureLoss",
+    "GcBlock", "GlobalLoss",
+]
 
 NORMALIZATIONS = ("channel", "layernorm", "image", "none")
 
@@ -55,6 +58,29 @@ def computed_in_fp32(forward):
     return wrapper
 
 
+def sum_levels(terms: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """A loss from its per-level terms, added in level order from 0.0: the order a loop over
+    levels adds them in, so a loss is the same number whether or not its terms are logged."""
+    total = 0.0
+    for term in terms.values():
+        total = total + term
+    return total
+
+
+def spatial_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson's correlation over H x W of each channel of ``x`` with the same channel of ``y``
+    (N, C, H, W each), averaged over channels and images: 1 when ``x`` reproduces ``y`` up to a
+    positive scale and shift per channel, near 0 when unrelated. It reads a reconstruction as the
+    channel-standardised feature loss does (its per-position error is ``2 - 2 r``), without the
+    loss's eps. A channel constant over the map has no correlation and counts as 0."""
+    x, y = x.float(), y.float()
+    x = x - x.mean(dim=(2, 3), keepdim=True)
+    y = y - y.mean(dim=(2, 3), keepdim=True)
+    covariance = (x * y).mean(dim=(2, 3))
+    scale = (x.pow(2).mean(dim=(2, 3)) * y.pow(2).mean(dim=(2, 3))).sqrt()
+    return (covariance / scale.clamp(min=1e-12)).mean()
+
+
 def _check_choice(name: str, value: str, choices: Iterable[str]):
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
@@ -74,7 +100,6 @@ class FeatureLoss(nn.Module):
         self.normalize = normalize
         self.positions = positions
 
-    @computed_in_fp32
     def forward(
         self,
         student: Dict[str, torch.Tensor],
@@ -83,9 +108,19 @@ class FeatureLoss(nn.Module):
     ) -> torch.Tensor:
         """``hidden[level]``: (N, 1, H, W), the hidden share of each position's pixels (1 where
         its patch was hidden; a fraction where a coarse position spans several patches)."""
+        return sum_levels(self.level_terms(student, teacher, hidden))
+
+    @computed_in_fp32
+    def level_terms(
+        self,
+        student: Dict[str, torch.Tensor],
+        teacher: Dict[str, torch.Tensor],
+        hidden: Optional[Dict[str, torch.Tensor]] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """The loss's term of each level (``forward`` is their sum), for logging per level."""
         if self.positions == "hidden" and hidden is None:
             raise ValueError("FeatureLoss(positions='hidden') needs the student's patch mask")
-        total = 0.0
+        terms = {}
         for level, s in student.items():
             t = teacher[level]
             sq = (normalize_features(s, self.normalize) - normalize_features(t, self.normalize))
@@ -93,10 +128,10 @@ class FeatureLoss(nn.Module):
             if self.positions == "hidden":
                 weight = hidden[level].to(sq.dtype)
                 count = (weight.sum() * s.shape[1]).clamp(min=1.0)
-                total = total + (sq * weight).sum() / (2 * count)
+                terms[level] = (sq * weight).sum() / (2 * count)
             else:
-                total = total + sq.mean() / 2
-        return total
+                terms[level] = sq.mean() / 2
+        return terms
 
 
 class GcBlock(nn.Module):
@@ -160,12 +195,16 @@ class GlobalLoss(nn.Module):
             self.teacher_blocks[level] = GcBlock(c)
         return self
 
-    @computed_in_fp32
     def forward(self, student: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor]):
-        total = 0.0
+        return sum_levels(self.level_terms(student, teacher))
+
+    @computed_in_fp32
+    def level_terms(self, student: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor]):
+        """The loss's term of each level (``forward`` is their sum), for logging per level."""
+        terms = {}
         for level, s in student.items():
             s = self.student_blocks[level](normalize_features(s, self.normalize))
             t = self.teacher_blocks[level](normalize_features(teacher[level], self.normalize))
             sq = (s - t).pow(2)
-            total = total + (sq.mean() / 2 if self.reduction == "mean" else sq.sum() / len(sq))
-        return total
+            terms[level] = sq.mean() / 2 if self.reduction == "mean" else sq.sum() / len(sq)
+        return terms
