@@ -532,21 +532,10 @@ def load_factors(args, teacher, student_schedule: Sequence[str]) -> Dict[str, fl
 def initial_losses(config_file, overrides, batches):
     """A config's training losses at initialisation (teacher loaded, no update), averaged over
     the first ``batches`` training batches; every config sees the same batches."""
-    import torch
-    from detectron2.config import instantiate
-    from detectron2.utils.env import seed_all_rng
-    from detectron2.utils.events import EventStorage
+    import mkd.probe
 
     cfg = runs.load_config(config_file, list(overrides) + ["dataloader.train.num_workers=0"])
-    seed_all_rng(0)
-    model = instantiate(cfg.model).to(cfg.train.device).train()
-    loader = iter(instantiate(cfg.dataloader.train))
-    totals = {}
-    with torch.no_grad(), EventStorage():
-        for _ in range(batches):
-            for key, value in model(next(loader)).items():
-                totals[key] = totals.get(key, 0.0) + float(value) / batches
-    return totals
+    return mkd.probe.initial_losses(cfg, batches)
 
 
 def probe(args, planned):
