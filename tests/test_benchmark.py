@@ -3,6 +3,12 @@ import json
 import math
 from pathlib import Path
 
+import torch
+from detectron2.utils.events import EventStorage
+
+import tiny
+from test_meta_arch import make_mkd
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # An MKD LazyConfig of tiny detectors (tests/tiny.py): the benchmark runs it in subprocesses,
@@ -57,5 +63,25 @@ def test_smoke_benchmark_reports_every_row(tmp_path):
     assert math.isfinite(parts["masking"]) and math.isfinite(parts["rest"])
     ratios = results["ratios"]
     assert ratios["mkd_over_student"] > 0 and ratios["target_share"] > 0
+    # The iteration that logs per level, timed beside the one that does not.
+    logging_ms = rows["mkd"]["logging_ms"]
+    assert math.isfinite(logging_ms) and logging_ms > 0
+    assert ratios["logging_over_mkd"] == logging_ms / rows["mkd"]["ms"]
     # The share sums differences of measurements (masking): noise may bring it to zero or below.
     assert all(math.isfinite(v) for v in ratios.values())
+
+
+def test_the_logging_step_logs_and_the_plain_mkd_step_does_not(tmp_path):
+    """``mkd_logging`` times an iteration that puts the per-level values in the storage, (c)
+    one that puts none (a benchmark's storage stays at iteration 0, which any period divides)."""
+    tool = _tool()
+    model = make_mkd(tmp_path)
+    model.distiller.log_period = 0  # as build_mkd leaves it
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    clock = tool.Clock("cpu")
+    for step, logs in ((tool.training_step(model, optimizer, tiny.batch(), clock)[0], False),
+                       (tool.logging_step(model, optimizer, tiny.batch(), clock), True)):
+        with EventStorage(0) as storage:
+            step()
+        assert any(k.startswith("distill/") for k in storage.histories()) == logs
+        assert model.distiller.log_period == 0
