@@ -215,13 +215,19 @@ class MaskedConvolutions:
 
     def _record_clean_statistics(self, norm, inputs):
         if self._mask is None and norm.training:
-            x = inputs[0].detach()
+            x = inputs[0].detach().float()
             self._clean_statistics[norm] = (x.mean(dim=(0, 2, 3)),
                                             x.var(dim=(0, 2, 3), unbiased=False))
 
     def _masked_norm(self, norm: nn.modules.batchnorm._BatchNorm, x: torch.Tensor):
         if not norm.training and norm.track_running_stats:
             return type(norm).forward(norm, x)  # running statistics: nothing to mix
+        # In fp32 whatever autocast gives the convolutions, as BN's own kernels compute: sums of
+        # squares over a whole batch lose their digits in fp16 and bf16.
+        with torch.autocast(x.device.type, enabled=False):
+            return self._normalised(norm, x.float()).to(x.dtype)
+
+    def _normalised(self, norm: nn.modules.batchnorm._BatchNorm, x: torch.Tensor):
         if self.norm_statistics == "clean":
             if norm not in self._clean_statistics:
                 raise RuntimeError(
@@ -240,7 +246,7 @@ class MaskedConvolutions:
             norm.running_mean.data.lerp_(mean.detach().to(norm.running_mean), momentum)
             norm.running_var.data.lerp_(unbiased.to(norm.running_var), momentum)
         shape = (1, -1, 1, 1)
-        y = (x - mean.view(shape).to(x.dtype)) * torch.rsqrt(var.view(shape) + norm.eps).to(x.dtype)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + norm.eps)
         if norm.affine:
             y = y * norm.weight.view(shape) + norm.bias.view(shape)
         return y
