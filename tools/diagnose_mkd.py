@@ -12,8 +12,9 @@ or any ``tools/train_net.py`` output directory: ``config.yaml``, ``model_final.p
 2. **Reconstruction error per level** on ``--images`` test images, each MKD run's own masker
    drawing step 0 at ``--seed``; the clean student in eval mode, the masked pass as training
    ran it (BN on the image's batch statistics, as ``masked_norm_statistics`` says; eval mode
-   would feed the decoder features normalised with running statistics, which it never saw): the normalised MSE ``mean (z_T - z)^2``, ``z`` the
-   features after the feature loss's own normalisation (the loss is half this, on all positions),
+   would feed the decoder features normalised with running statistics, which it never saw):
+   the normalised MSE ``mean (z_T - z)^2``, ``z`` the features after the feature loss's own
+   normalisation (the loss is half this, on all positions),
    of the decoder's output at hidden and visible positions; of every run's clean student features
    channel for channel (``raw``: meaningful only where the distiller ties channels, e.g. FGD/MGD
    without an adapter) and through the best 1x1 linear map (``linear readout``: least squares on
@@ -636,8 +637,8 @@ def write_report(records: Sequence[RunRecord], args, mode: str, figures: Dict[st
               "Baseline: the teacher's per-channel mean (1.0 under per-channel standardisation, "
               "reached only by an exactly constant map; 0 where a map is 1×1, which "
               "standardisation empties). Decoder: the MKD run's reconstruction from its "
-              "masked student (eval mode), at all / hidden / visible positions. Raw: the clean "
-              "student's own features, channel for channel. Linear readout: the best 1×1 map "
+              "masked student (BN on batch statistics, as in training), at all / hidden / "
+              "visible positions. Raw: the clean student's own features, channel for channel. Linear readout: the best 1×1 map "
               "from the clean student's features, fitted on half the images, scored on the "
               f"other half (ridge {args.ridge:g}; where the fitted positions, half the images "
               "× positions/image, are fewer than the student's channels, the ridge dominates "
