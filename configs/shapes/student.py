@@ -6,7 +6,7 @@ from ``output/pretrained/shapes_R18.pth`` (``python tools/pretrain_backbone.py -
 configs/shapes/student.py``, 5.5 min once, cached), as real users start from ImageNet. The
 distillation configs of this directory import their student and schedule from here. Measured on
 2 CPU cores, one thread per run: 300 iterations with a 100-iteration warm-up, about 1 s/iter,
-44.00 +- 1.06 box AP on seeds 0-4 (README, "The shapes proxy"). With the 25-iteration warm-up of the
+44.00 +- 1.06 box AP on seeds 0-4 (docs/benchmark.md). With the 25-iteration warm-up of the
 built-in configs at 250 iterations, one run in five learned slowly from the start (std 8.96).
 """
 from ..builtin.retinanet_R18_scratch import (  # noqa: F401  a LazyConfig is its globals

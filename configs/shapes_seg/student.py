@@ -28,5 +28,5 @@ train.log_period = 20
 train.checkpointer.period = 200
 train.output_dir = "./output/shapes_seg/student"
 # The detection student's pretrained bottom-up (same ResNet-18 keys, same train images): from
-# scratch the teacher learns too little to teach (README, "Semantic segmentation").
+# scratch the teacher learns too little to teach (docs/segmentation.md).
 train.init_checkpoint = "./output/pretrained/shapes_R18.pth"
