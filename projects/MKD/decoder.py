@@ -97,10 +97,11 @@ class MKDDecoder(nn.Module):
         for level, shape in student_shapes.items():
             stride, c_out = shape.stride, teacher_shapes[level].channels
             if s % stride and stride % s:
+                grid = ("mask patch size", "patch_size") if s == self.patch_size else (
+                    "decoder's token stride", "token_stride")
                 raise ValueError(
                     f"level {level} has stride {stride}, which neither divides nor is a multiple "
-                    f"of the decoder's token stride {s}; choose a patch_size (token_stride) "
-                    "compatible with all strides"
+                    f"of the {grid[0]} {s}; choose a {grid[1]} compatible with all strides"
                 )
             p = s / stride
             self.phi[level] = nn.Conv2d(shape.channels, self.width, kernel_size=1)
