@@ -25,8 +25,9 @@ from none, the share of the teacher-student gap closed, the time per iteration r
 the mean curves as a PNG, and the issue's targets met or missed.
 
 ``--ablations [NAME ...]`` trains MKD's variants of ``ABLATIONS`` (and the controls there that
-vary another method) beside none and MKD (the table's runs: same weights, same cache) and writes ``results_ablations.md``. Extra
-``path.key=value`` arguments apply to every distilled run, with ``--tag`` naming them.
+vary another method) beside none and MKD (the table's runs: same weights, same cache) and
+writes ``results_ablations.md``. Extra ``path.key=value`` arguments apply to every distilled
+run, with ``--tag`` naming them.
 
 ``--probe N`` calibrates instead: each distilled method's distillation and task losses at
 initialisation (trained teacher, N batches, no update), with the factor on the method's loss
