@@ -1,5 +1,6 @@
 """tools/diagnose_mkd.py: its measures on constructed features, then the whole tool on tiny MKD,
 mimic and undistilled runs trained by tools/train_net.py on the built-in digits."""
+import contextlib
 import math
 
 import pytest
@@ -196,13 +197,25 @@ class _OracleDecoder(torch.nn.Module):
         return next(self.outputs)
 
 
+@contextlib.contextmanager
+def _decoder_replaced(model, decoder):
+    """An nn.Module keeps its submodules outside ``__dict__``, where monkeypatch's undo deletes
+    the attribute instead of restoring it: the module-scoped model must get its decoder back."""
+    original = model.distiller.decoder
+    model.distiller.decoder = decoder
+    try:
+        yield decoder
+    finally:
+        model.distiller.decoder = original
+
+
 @pytest.mark.slow
-def test_a_decoder_that_outputs_the_teacher_scores_zero(mkd_model, monkeypatch):
+def test_a_decoder_that_outputs_the_teacher_scores_zero(mkd_model):
     model, inputs = mkd_model
     teacher = diagnose.teacher_maps(model, inputs)
     trained = diagnose.reconstruction_errors(model, inputs, teacher, LEVELS, "channel")
-    monkeypatch.setattr(model.distiller, "decoder", _OracleDecoder(teacher))
-    oracle = diagnose.reconstruction_errors(model, inputs, teacher, LEVELS, "channel")
+    with _decoder_replaced(model, _OracleDecoder(teacher)):
+        oracle = diagnose.reconstruction_errors(model, inputs, teacher, LEVELS, "channel")
     for before, after in zip(trained[:SIGNAL], oracle[:SIGNAL]):  # 1x1 maps: zero either way
         for column in diagnose.DECODER:
             assert before[column] > 0.1 and after[column] == pytest.approx(0, abs=1e-6)
@@ -235,16 +248,15 @@ class _RecordingDecoder(torch.nn.Module):
 
 
 @pytest.mark.slow
-def test_the_decoder_is_scored_on_the_masked_pass_as_training_ran_it(mkd_model, monkeypatch):
+def test_the_decoder_is_scored_on_the_masked_pass_as_training_ran_it(mkd_model):
     """BN in training mode (batch statistics over visible positions), not eval mode's running
     statistics; the model's mode and state unchanged afterwards."""
     model, inputs = mkd_model
-    recorder = _RecordingDecoder(model.distiller.decoder)
-    seen = recorder.seen
-    monkeypatch.setattr(model.distiller, "decoder", recorder)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     teacher = diagnose.teacher_maps(model, inputs)
-    diagnose.reconstruction_errors(model, inputs, teacher, LEVELS, "channel")
+    with _decoder_replaced(model, _RecordingDecoder(model.distiller.decoder)) as recorder:
+        diagnose.reconstruction_errors(model, inputs, teacher, LEVELS, "channel")
+    seen = recorder.seen
     assert not model.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
