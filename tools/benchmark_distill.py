@@ -124,6 +124,8 @@ BASELINES = ("mimic", "fgd", "mgd")  # what MKD must beat, at equal tuning budge
 #: Published recipes, compared with MKD on their own line: FGD's starts the student's neck and
 #: head from the teacher's, which on a same-architecture pair copies most of the teacher.
 RECIPES = ("fgd_recipe",)
+#: Mimic at x3 its calibrated weight (2.0), the last tuning's choice: the controls' mimic.
+MIMIC_X3 = "model.distiller.weight=6.0"
 #: Masked mimicking's patch masker: MKD's (configs/common/mkd.py), as an override.
 MKD_MASKER = "model.masker={_target_:mkd.masking.PatchMasker,patch_size:32,mask_ratio:0.5}"
 #: The distiller's parameters trained by AdamW, the student's by its SGD (mkd.solver).
@@ -160,9 +162,8 @@ ABLATIONS = {
     # Masking against decoder: MKD's decoder with nothing hidden, and mimic's 1x1 adapter on the
     # masked student, each beside mimic as in the table (the tuned weight x3 of the last tuning).
     "mask-ratio-0": ["model.masker.mask_ratio=0.0"],
-    "mimic-x3": ("mimic", ["model.distiller.weight=6.0"]),
-    "mimic-x3-masked": ("mimic", ["model.distiller.weight=6.0", "model.distiller.masked=True",
-                                  MKD_MASKER]),
+    "mimic-x3": ("mimic", [MIMIC_X3]),
+    "mimic-x3-masked": ("mimic", [MIMIC_X3, "model.distiller.masked=True", MKD_MASKER]),
     # Tokens finer than the 32-pixel patches (at 128 px one token per patch is 4x4 per level).
     "tokens-8": ["model.distiller.decoder.token_stride=8"],
     "tokens-16": ["model.distiller.decoder.token_stride=16"],
@@ -171,7 +172,7 @@ ABLATIONS = {
     # AdamW (lr 1e-3: 0.1 x the student's) for the distiller's parameters, SGD for the student;
     # mimic's adapter gets the same lever.
     "distiller-adamw": DISTILLER_ADAMW,
-    "mimic-x3-adamw": ("mimic", ["model.distiller.weight=6.0", *DISTILLER_ADAMW]),
+    "mimic-x3-adamw": ("mimic", [MIMIC_X3, *DISTILLER_ADAMW]),
     # This project's variant: a 1x1 conv from the student to the teacher's channels added to
     # the decoder's output (mimicking's direct path beside the decoder).
     "residual-adapter": ["model.distiller.decoder.residual_adapter=True"],

@@ -14,7 +14,7 @@ from detectron2.utils.events import EventStorage, get_event_storage
 from torch import nn
 
 from .decoder import MKDDecoder
-from .losses import FeatureLoss, GlobalLoss, spatial_correlation, sum_levels
+from .losses import FeatureLoss, GlobalLoss, spatial_correlation
 from .masking import PatchMask
 
 __all__ = ["DistillContext", "FeatureDistiller", "MKDDistiller"]
@@ -84,7 +84,8 @@ class FeatureDistiller(nn.Module):
                 for level, value in per_level.items():
                     storage.put_scalar(f"distill/{level}/{name}", float(value),
                                        smoothing_hint=False)
-        return {name: weight * sum_levels(per_level) for name, (weight, per_level) in terms.items()}
+        return {name: weight * sum(per_level.values())
+                for name, (weight, per_level) in terms.items()}
 
     def build(self, student_shapes: Dict[str, ShapeSpec], teacher_shapes: Dict[str, ShapeSpec]):
         if not self.adapts_channels:

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
-    "normalize_features", "computed_in_fp32", "sum_levels", "spatial_correlation", "FeatureLoss",
+    "normalize_features", "computed_in_fp32", "spatial_correlation", "FeatureLoss",
     "GcBlock", "GlobalLoss",
 ]
 
@@ -58,15 +58,6 @@ def computed_in_fp32(forward):
     return wrapper
 
 
-def sum_levels(terms: Dict[str, torch.Tensor]) -> torch.Tensor:
-    """A loss from its per-level terms, added in level order from 0.0: the order a loop over
-    levels adds them in, so a loss is the same number whether or not its terms are logged."""
-    total = 0.0
-    for term in terms.values():
-        total = total + term
-    return total
-
-
 def spatial_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Pearson's correlation over H x W of each channel of ``x`` with the same channel of ``y``
     (N, C, H, W each), averaged over channels and images: 1 when ``x`` reproduces ``y`` up to a
@@ -108,7 +99,7 @@ class FeatureLoss(nn.Module):
     ) -> torch.Tensor:
         """``hidden[level]``: (N, 1, H, W), the hidden share of each position's pixels (1 where
         its patch was hidden; a fraction where a coarse position spans several patches)."""
-        return sum_levels(self.level_terms(student, teacher, hidden))
+        return sum(self.level_terms(student, teacher, hidden).values())
 
     @computed_in_fp32
     def level_terms(
@@ -196,7 +187,7 @@ class GlobalLoss(nn.Module):
         return self
 
     def forward(self, student: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor]):
-        return sum_levels(self.level_terms(student, teacher))
+        return sum(self.level_terms(student, teacher).values())
 
     @computed_in_fp32
     def level_terms(self, student: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor]):
