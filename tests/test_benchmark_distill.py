@@ -555,7 +555,7 @@ def test_smoke_ablation_of_the_distiller_lr_trains_through_train_net(smoke_dir):
 
 
 @pytest.mark.slow
-def test_probe_reports_initial_losses_and_the_factor_to_mkds_ratio(smoke_dir):
+def test_probe_reports_initial_losses_and_both_calibration_factors(smoke_dir):
     rows = bench.main(["--smoke", "--probe", "3", "--methods", "none", "mimic", "mkd",
                        "--output-dir", str(smoke_dir)])
     by_method = {r["method"]: r for r in rows}
@@ -565,8 +565,12 @@ def test_probe_reports_initial_losses_and_the_factor_to_mkds_ratio(smoke_dir):
         assert row["ratio"] == pytest.approx(row["distillation loss"] / row["task loss"])
         matched = row["factor to MKD's ratio"] * row["ratio"]
         assert matched == pytest.approx(by_method["mkd"]["ratio"])
+        # The gradient rule: the factor that scales the FPN gradient ratio to 1.
+        assert row["FPN gradient ratio"] > 0
+        assert row["factor to gradient ratio 1"] * row["FPN gradient ratio"] == pytest.approx(1.0)
     assert by_method["mkd"]["factor to MKD's ratio"] == pytest.approx(1.0)
-    assert "| mimic |" in (smoke_dir / "probe.md").read_text()
+    text = (smoke_dir / "probe.md").read_text()
+    assert "| mimic |" in text and "factor to gradient ratio 1" in text
 
 
 @pytest.fixture(scope="module")

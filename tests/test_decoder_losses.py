@@ -221,7 +221,9 @@ def test_default_losses_do_not_follow_the_teacher_feature_scale_and_the_gcblock_
 
 def test_an_mkd_step_under_autocast_has_finite_fp32_losses(tmp_path):
     model = _default_mkd(tmp_path)
-    batch = tiny.batch(sizes=((64, 64),))  # one small image: fp16 convolutions are slow on CPU
+    # One image (fp16 convolutions are slow on CPU), 128 px: at 64 px P5 is 2x2, and
+    # standardising a channel over 4 positions amplifies bf16's 8-bit rounding to ~15 % there.
+    batch = tiny.batch(sizes=((128, 128),))
     reference = _distillation_losses(model, batch=batch)
     for dtype in (torch.float16, torch.bfloat16):
         model.zero_grad()

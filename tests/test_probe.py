@@ -60,16 +60,18 @@ def test_the_command_reports_loss_and_gradient_ratios(tiny_digits, teacher_weigh
 
 
 @pytest.mark.slow
-def test_the_benchmarks_calibration_reads_the_probes_losses(tiny_digits, teacher_weights):
-    """tools/benchmark_distill.py's initial_losses is the library's: the probe's losses (with
-    gradients) are those numbers, from the same seed and batches."""
+def test_the_benchmarks_calibration_reads_the_probes_numbers(tiny_digits, teacher_weights):
+    """tools/benchmark_distill.py's probe_config is the library's probe of the run's config:
+    the same losses and gradient ratios from the same seed and batches."""
     config = str(BUILTIN / "retinanet_R50_to_R18_mimic.py")
     overrides = [f"model.teacher_weights={teacher_weights}", *SMALL[:1]]
-    calibrated = bench.initial_losses(config, overrides, 1)
-    probed = tool.main(["--config-file", config, "--batches", "1", *overrides])["losses"]
-    assert calibrated.keys() == probed.keys()
-    for key, value in calibrated.items():
-        assert probed[key] == pytest.approx(value, rel=1e-5), key
+    calibrated = bench.probe_config(config, overrides, 1)
+    probed = tool.main(["--config-file", config, "--batches", "1", *overrides])
+    assert calibrated["losses"].keys() == probed["losses"].keys()
+    for key, value in calibrated["losses"].items():
+        assert probed["losses"][key] == pytest.approx(value, rel=1e-5), key
+    for key in ("loss_ratio", "fpn_grad_ratio", "bottom_up_grad_ratio"):
+        assert probed[key] == pytest.approx(calibrated[key], rel=1e-4), key
 
 
 def test_gradient_norms_are_those_of_each_losss_own_backward(tmp_path):

@@ -32,7 +32,8 @@ run, with ``--tag`` naming them.
 ``--probe N`` calibrates instead: each distilled method's distillation and task losses at
 initialisation (trained teacher, N batches, no update), with the factor on the method's loss
 weights that gives it MKD's initial distillation-to-task ratio (the calibrated weights x1 should
-show factor 1).
+show factor 1), and the factor that makes its gradient at the student's FPN outputs equal the
+task's (the gradient rule).
 
 A pair with ``pretrained=True`` (shapes, shapes_seg; any pair with ``--pretrained``) starts
 the teacher and every student from the bottom-up of ``tools/pretrain_backbone.py`` (trained
@@ -185,7 +186,8 @@ _FGD_SMOKE = ["model.distiller.alpha_fg=1e-9", "model.distiller.beta_bg=1e-9",
 SMOKE_OVERRIDES = {"fgd": _FGD_SMOKE, "fgd_recipe": _FGD_SMOKE,
                    "mgd": ["model.distiller.alpha=1e-9"]}
 SMOKE_PRETRAINING = dict(iters=2, batch_size=4, crop_size=32)  # tools/pretrain_backbone.Settings
-PROBE_COLUMNS = ["method", "task loss", "distillation loss", "ratio", "factor to MKD's ratio"]
+PROBE_COLUMNS = ["method", "task loss", "distillation loss", "ratio", "factor to MKD's ratio",
+                 "FPN gradient ratio", "factor to gradient ratio 1"]
 #: The predictions figure of a segmentation table: row -> column title.
 FIGURE_COLUMNS = {"none": "student", "mkd": "student + MKD"}
 
@@ -531,30 +533,35 @@ def load_factors(args, teacher, student_schedule: Sequence[str]) -> Dict[str, fl
     return factors
 
 
-def initial_losses(config_file, overrides, batches):
-    """A config's training losses at initialisation (teacher loaded, no update), averaged over
-    the first ``batches`` training batches; every config sees the same batches."""
+def probe_config(config_file, overrides, batches):
+    """``mkd.probe.probe`` of a run's config: its losses at initialisation (teacher loaded, no
+    update) and the gradients they send into the student, averaged over the first ``batches``
+    training batches; every config sees the same batches."""
     import mkd.probe
 
     cfg = runs.load_config(config_file, list(overrides) + ["dataloader.train.num_workers=0"])
-    return mkd.probe.initial_losses(cfg, batches)
+    return mkd.probe.probe(cfg, batches)
 
 
 def probe(args, planned):
-    """A row per distilled method: its task and distillation losses at initialisation and the
-    factor on its weights that gives it MKD's distillation-to-task ratio (the benchmark's
-    calibration rule: every method starts with the same pull towards the teacher)."""
+    """A row per distilled method at initialisation: its task and distillation losses, the
+    ratio of the gradients both send into the student's FPN outputs, and two calibration rules
+    as factors on its weights. "factor to MKD's ratio" gives it MKD's distillation-to-task loss
+    ratio (the benchmark's calibration: every method starts with the same pull on the loss);
+    "factor to gradient ratio 1" makes its distillation's gradient at the FPN equal the task's
+    (the same pull where the student feels it: loss terms of different shapes pass through
+    different adapters, so equal losses can send very different gradients)."""
     rows = []
     for name, seed_runs in planned.items():
         if name == "none":
             continue
-        losses = initial_losses(seed_runs[0].config_file, seed_runs[0].overrides, args.probe)
-        task_losses = TASKS[args.task].losses
-        task_loss = sum(losses[k] for k in task_losses)
-        distill = sum(v for k, v in losses.items() if k not in task_losses)
-        rows.append({"method": name, "task loss": task_loss, "distillation loss": distill,
-                     "ratio": distill / task_loss})
-        print(f"  {name}: {losses}", flush=True)
+        measured = probe_config(seed_runs[0].config_file, seed_runs[0].overrides, args.probe)
+        rows.append({"method": name, "task loss": measured["task_loss"],
+                     "distillation loss": measured["distillation_loss"],
+                     "ratio": measured["loss_ratio"],
+                     "FPN gradient ratio": measured["fpn_grad_ratio"],
+                     "factor to gradient ratio 1": 1.0 / measured["fpn_grad_ratio"]})
+        print(f"  {name}: {measured['losses']}", flush=True)
     reference = next((r["ratio"] for r in rows if r["method"].startswith("mkd")), math.nan)
     for row in rows:
         row["factor to MKD's ratio"] = reference / row["ratio"]

@@ -1,7 +1,8 @@
 """Where a distillation config starts: at initialisation, with the teacher loaded and no update,
-how hard its distillation pulls next to the task. The loss ratio is what the benchmark
-calibrates every method's weights by (``tools/benchmark_distill.py --probe``); the gradient
-ratio says what the optimizer feels, which a loss ratio hides when the terms scale differently.
+how hard its distillation pulls next to the task. The benchmark calibrates every method's
+weights by the loss ratio, or by the gradient ratio (``tools/benchmark_distill.py --probe``);
+the gradient ratio says what the optimizer feels, which a loss ratio hides when the terms scale
+differently.
 Works for any MKD, mimic, FGD or MGD config (``tools/probe_distillation.py``)."""
 import math
 from typing import Dict, List, Tuple
@@ -14,7 +15,7 @@ from torch import nn
 
 from .meta_arch import MKD
 
-__all__ = ["build_at_initialisation", "initial_losses", "gradient_ratio", "probe"]
+__all__ = ["build_at_initialisation", "gradient_ratio", "probe"]
 
 
 def build_at_initialisation(cfg) -> Tuple[nn.Module, object]:
@@ -23,18 +24,6 @@ def build_at_initialisation(cfg) -> Tuple[nn.Module, object]:
     seed_all_rng(0)
     model = instantiate(cfg.model).to(cfg.train.device).train()
     return model, iter(instantiate(cfg.dataloader.train))
-
-
-def initial_losses(cfg, batches: int) -> Dict[str, float]:
-    """A config's training losses at initialisation (teacher loaded, no update), averaged over
-    the first ``batches`` training batches."""
-    model, loader = build_at_initialisation(cfg)
-    totals = {}
-    with torch.no_grad(), EventStorage():
-        for _ in range(batches):
-            for key, value in model(next(loader)).items():
-                totals[key] = totals.get(key, 0.0) + float(value) / batches
-    return totals
 
 
 def _ratio(numerator: float, denominator: float) -> float:
