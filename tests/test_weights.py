@@ -57,6 +57,23 @@ def test_loads_a_model_zoo_pkl(source, tmp_path):
     assert_same_state(target, source)
 
 
+def test_checkpoint_keys_reads_every_format_as_loading_does(source, tmp_path):
+    names = set(source.state_dict())
+    DetectionCheckpointer(source, str(tmp_path)).save("detectron2", iteration=7)
+    torch.save(source.state_dict(), tmp_path / "bare.pth")
+    with open(tmp_path / "zoo.pkl", "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in source.state_dict().items()},
+                     "__author__": "Detectron2 Model Zoo"}, f)
+    for name in ("detectron2.pth", "bare.pth", "zoo.pkl"):
+        keys = weights_module.checkpoint_keys(str(tmp_path / name), "evaluated", "x")
+        assert keys == names, name
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "bare.pth").read_bytes()[:100])
+    with pytest.raises(RuntimeError, match=r"evaluated weights .*cut\.pth could not be read"):
+        weights_module.checkpoint_keys(str(tmp_path / "cut.pth"), "evaluated", "x")
+    with pytest.raises(FileNotFoundError, match="point x at an existing checkpoint"):
+        weights_module.checkpoint_keys(str(tmp_path / "absent.pth"), "evaluated", "x")
+
+
 def test_missing_file_names_the_setting(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"point model\.teacher_weights at an existing"):
         load_verified_weights(tiny.build(), str(tmp_path / "absent.pth"))

@@ -174,6 +174,13 @@ ABLATIONS = {
     # mimic's adapter gets the same lever.
     "distiller-adamw": DISTILLER_ADAMW,
     "mimic-x3-adamw": ("mimic", [MIMIC_X3, *DISTILLER_ADAMW]),
+    # E5, weights by the gradient rule (--probe 4 on the shapes pair: the factor that makes a
+    # method's gradient at the student's FPN outputs equal the task's at initialisation): MKD
+    # x4.94 (its FPN gradient ratio at x1 is 0.20), and x3 that; MGD x31.7 (ratio 0.03); mimic's
+    # is x1.03 and FGD's x1.95, inside or next to the loss-ratio grid both were tuned on.
+    "mkd-grad-x1": ["model.distiller.feature_weight=4.94", "model.distiller.global_weight=4.94"],
+    "mkd-grad-x3": ["model.distiller.feature_weight=14.8", "model.distiller.global_weight=14.8"],
+    "mgd-grad-x1": ("mgd", ["model.distiller.alpha=4.5e-3"]),
     # This project's variant: a 1x1 conv from the student to the teacher's channels added to
     # the decoder's output (mimicking's direct path beside the decoder).
     "residual-adapter": ["model.distiller.decoder.residual_adapter=True"],

@@ -18,7 +18,6 @@ student exported by ``tools/export_student.py``.
 """
 import contextlib
 import logging
-import pickle
 
 import torch
 from detectron2.config import LazyConfig, instantiate
@@ -47,7 +46,7 @@ from mkd.resume import (
     UnoptimizedTorchScript,
     build_resumable_train_loader,
 )
-from mkd.weights import check_weights_file
+from mkd.weights import check_weights_file, checkpoint_keys
 
 logger = logging.getLogger("detectron2")
 
@@ -225,26 +224,6 @@ EVAL_CHECKPOINT_FIX = (
 )
 
 
-def checkpoint_model_keys(path):
-    """The names of the tensors a checkpoint file holds (a Detectron2 ``.pth``, a model-zoo
-    ``.pkl``), or ``None`` when the file cannot be read here (the verified load then says why)."""
-    local = PathManager.get_local_path(path)
-    try:
-        if local.endswith(".pkl"):
-            with open(local, "rb") as f:
-                data = pickle.load(f, encoding="latin1")
-        else:
-            try:  # maps the file instead of reading it: only the names are needed
-                data = torch.load(local, map_location="cpu", weights_only=False, mmap=True)
-            except RuntimeError:  # a file in torch's legacy format cannot be mapped
-                data = torch.load(local, map_location="cpu", weights_only=False)
-    except Exception:  # any failure to read: load_verified_weights names the file and the fix
-        return None
-    if isinstance(data, dict):
-        data = data.get("model", data.get("blobs", data))
-    return set(data) if isinstance(data, dict) else None
-
-
 def build_for_evaluation(cfg):
     """``cfg.model`` with the weights of ``cfg.train.init_checkpoint``, verified. For an MKD
     config only the student is needed (and evaluated): the teacher's weights are not loaded, and
@@ -260,8 +239,7 @@ def build_for_evaluation(cfg):
     if not isinstance(model, MKD):
         load_verified_weights(model, path, role="evaluated", setting="train.init_checkpoint")
         return model
-    check_weights_file(path, "evaluated", "train.init_checkpoint")
-    keys = checkpoint_model_keys(path) or set()
+    keys = checkpoint_keys(path, "evaluated", "train.init_checkpoint")
     exported = (not any(k.startswith("student.") for k in keys)
                 and bool(keys & set(model.student.state_dict())))
     load_verified_weights(

@@ -14,7 +14,8 @@ from detectron2.utils.file_io import PathManager
 from torch import nn
 
 __all__ = [
-    "check_weights_file", "load_verified_weights", "copy_matching_weights", "student_state_dict",
+    "check_weights_file", "checkpoint_keys", "load_verified_weights", "copy_matching_weights",
+    "student_state_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,15 @@ def check_weights_file(path: str, role: str, setting: str) -> None:
             "(output/pretrained/) with tools/pretrain_backbone.py --config-file <the config>. "
             f"Or point {setting} at an existing checkpoint."
         )
+
+
+def checkpoint_keys(path: str, role: str, setting: str) -> set:
+    """The names of the tensors a checkpoint holds, read as Detectron2's checkpointer reads it
+    for loading (``.pth``, model-zoo ``.pkl``), with the same errors for a missing or unreadable
+    file."""
+    check_weights_file(path, role, setting)
+    checkpointer = _RecordingCheckpointer(nn.Module(), role, path, setting)
+    return set(checkpointer._load_file(PathManager.get_local_path(path)).get("model", {}))
 
 
 def load_verified_weights(
