@@ -1,6 +1,7 @@
 """tools/diagnose_mkd.py: its measures on constructed features, then the whole tool on tiny MKD,
 mimic and undistilled runs trained by tools/train_net.py on the built-in digits."""
 import contextlib
+import itertools
 import math
 
 import pytest
@@ -97,7 +98,8 @@ def test_report_has_a_finite_row_per_level_and_every_figure(diagnosis):
     records, out = diagnosis
     assert set(records) == {"mkd", "mimic", "none"}
     expected = {
-        "mkd": {diagnose.BASELINE, *diagnose.DECODER, diagnose.RAW, diagnose.READOUT},
+        "mkd": {diagnose.BASELINE, *diagnose.DECODER, diagnose.OTHER_STUDENT, diagnose.RAW,
+                diagnose.READOUT},
         "mimic": {diagnose.BASELINE, diagnose.RAW, diagnose.READOUT, diagnose.ADAPTER},
         "none": {diagnose.BASELINE, diagnose.RAW, diagnose.READOUT},
     }
@@ -187,11 +189,12 @@ def test_training_mode_measurements_leave_the_model_unchanged(mkd_model):
 
 
 class _OracleDecoder(torch.nn.Module):
-    """Returns, image after image, the teacher's own features: a perfect reconstruction."""
+    """Returns, image after image, the teacher's own features, whatever the student: a perfect
+    reconstruction that reads nothing of the student."""
 
     def __init__(self, outputs):
         super().__init__()
-        self.outputs = iter(outputs)
+        self.outputs = itertools.cycle(outputs)
 
     def forward(self, features, mask):
         return next(self.outputs)
@@ -219,6 +222,9 @@ def test_a_decoder_that_outputs_the_teacher_scores_zero(mkd_model):
     for before, after in zip(trained[:SIGNAL], oracle[:SIGNAL]):  # 1x1 maps: zero either way
         for column in diagnose.DECODER:
             assert before[column] > 0.1 and after[column] == pytest.approx(0, abs=1e-6)
+        # The oracle ignores its input: fed another image's student it is just as perfect.
+        assert after[diagnose.OTHER_STUDENT] == pytest.approx(0, abs=1e-6)
+        assert before[diagnose.OTHER_STUDENT] > 0.1
         for column in (diagnose.BASELINE, diagnose.RAW, diagnose.READOUT):  # decoder-free
             assert after[column] == pytest.approx(before[column])
 

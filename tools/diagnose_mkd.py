@@ -15,7 +15,9 @@ or any ``tools/train_net.py`` output directory: ``config.yaml``, ``model_final.p
    would feed the decoder features normalised with running statistics, which it never saw):
    the normalised MSE ``mean (z_T - z)^2``, ``z`` the features after the feature loss's own
    normalisation (the loss is half this, on all positions),
-   of the decoder's output at hidden and visible positions; of every run's clean student features
+   of the decoder's output at hidden and visible positions, and of the decoder fed the previous
+   image's masked student (``another image's student``: near its own error, the decoder
+   reconstructs the teacher without reading the student); of every run's clean student features
    channel for channel (``raw``: meaningful only where the distiller ties channels, e.g. FGD/MGD
    without an adapter) and through the best 1x1 linear map (``linear readout``: least squares on
    the even-numbered images, scored on the odd ones; whether the teacher can be read from the
@@ -61,10 +63,11 @@ from mkd.meta_arch import image_key
 
 BASELINE = "teacher mean (baseline)"
 DECODER = ("decoder, all", "decoder, hidden", "decoder, visible")
+OTHER_STUDENT = "decoder, another image's student"
 RAW = "student, raw"
 READOUT = "student, linear readout"
 ADAPTER = "student, own adapter"
-ERROR_COLUMNS = [BASELINE, *DECODER, RAW, READOUT, ADAPTER]
+ERROR_COLUMNS = [BASELINE, *DECODER, OTHER_STUDENT, RAW, READOUT, ADAPTER]
 WEIGHED = ("mkd", "mimic")  # the methods whose per-level weighting section 3 measures
 WEIGHTING_COLUMNS = [
     "level", "positions/image", "feature term", "feature share", "global term", "global share",
@@ -243,6 +246,7 @@ def reconstruction_errors(model, inputs: Sequence[Dict], teacher: Sequence[Dict]
         not isinstance(m, nn.Identity) for m in align.values())
     maps = {column: {k: ([], []) for k in levels} for column in ERROR_COLUMNS}
     clean_features = {k: [] for k in levels}
+    decoder_inputs = []  # per image: its masked student features and mask
     for x, t in zip(inputs, teacher):
         images = student.preprocess_image([x]).tensor
         clean = {k: v.cpu() for k, v in student.backbone(images).items() if k in levels}
@@ -269,7 +273,8 @@ def reconstruction_errors(model, inputs: Sequence[Dict], teacher: Sequence[Dict]
             height, width = x["image"].shape[-2:]
             mask = model.masker([(height, width)], [image_key(x, 0)], step=0, device=model.device)
             masked = model.masked_student_features_as_trained(images, mask)
-            decoded = distiller.decoder({k: masked[k] for k in model.levels}, mask)
+            decoder_inputs.append(({k: masked[k] for k in model.levels}, mask))
+            decoded = distiller.decoder(*decoder_inputs[-1])
             for k in levels:
                 error = squared_error_map(decoded[k].cpu(), t[k], mode)
                 visible = mask.at(*error.shape[-2:], strides[k].stride)[:, 0].cpu()
@@ -277,6 +282,17 @@ def reconstruction_errors(model, inputs: Sequence[Dict], teacher: Sequence[Dict]
                                                     visible)):
                     maps[column][k][0].append(error)
                     maps[column][k][1].append(weight)
+    # Each image's teacher against the decoder fed the previous image's student (the first's:
+    # the last's), where the two have one size.
+    for i, t in enumerate(teacher if len(decoder_inputs) > 1 else []):
+        features, mask = decoder_inputs[i - 1]
+        if any(features[k].shape[-2:] != t[k].shape[-2:] for k in levels):
+            continue
+        decoded = distiller.decoder(features, mask)
+        for k in levels:
+            error = squared_error_map(decoded[k].cpu(), t[k], mode)
+            maps[OTHER_STUDENT][k][0].append(error)
+            maps[OTHER_STUDENT][k][1].append(torch.ones_like(error))
     rows = []
     for k in levels:
         row = {"level": k, "positions/image": "×".join(map(str, teacher[0][k].shape[-2:]))}
