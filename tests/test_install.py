@@ -69,6 +69,8 @@ class Stand_ins(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__version__ = os.environ.get("FAKE_VERSION_" + module.__name__, "9.9")
         if module.__name__ == "torch":
             module.version = type("version", (), {"cuda": os.environ.get("FAKE_TORCH_CUDA")})
+            module.cuda = type("cuda", (), {"device_count": staticmethod(
+                lambda: int(os.environ.get("FAKE_TORCH_GPUS", "0")))})
 
 
 sys.meta_path.insert(0, Stand_ins())
@@ -212,16 +214,22 @@ def path_with_nvcc(tmp_path, nvcc):
                 CUDA_HOME=str(tmp_path / "no-toolkit"))
 
 
-@pytest.mark.parametrize("nvcc, torch_cuda, force, built_with", [
-    (True, "13.0", None, "1"),   # a toolkit and a CUDA torch: CUDA ops
-    (True, "", None, "0"),       # a CPU build of torch: CPU ops
-    (False, "13.0", None, "0"),  # no toolkit: CPU ops
-    (True, "13.0", "0", "0"),    # the caller's FORCE_CUDA is kept
+@pytest.mark.parametrize("nvcc, torch_cuda, gpus, arch_list, force, built_with", [
+    (True, "13.0", 1, None, None, "1"),     # a toolkit, a CUDA torch and a GPU: CUDA ops
+    (True, "13.0", 0, "9.0", None, "1"),    # no GPU, but the archs to compile for: CUDA ops
+    (True, "13.0", 0, None, None, "0"),     # no GPU, no archs: torch could not compile them
+    (True, "", 1, None, None, "0"),         # a CPU build of torch: CPU ops
+    (False, "13.0", 1, None, None, "0"),    # no toolkit: CPU ops
+    (True, "13.0", 1, None, "0", "0"),      # the caller's FORCE_CUDA is kept
 ])
-def test_d2main_builds_cuda_ops_when_a_toolkit_is_present(tmp_path, nvcc, torch_cuda, force,
-                                                          built_with):
+def test_d2main_builds_cuda_ops_when_a_toolkit_is_present(tmp_path, nvcc, torch_cuda, gpus,
+                                                          arch_list, force, built_with):
     env = path_with_nvcc(tmp_path, nvcc)
     env["FAKE_TORCH_CUDA"] = torch_cuda
+    env["FAKE_TORCH_GPUS"] = str(gpus)
+    env.pop("TORCH_CUDA_ARCH_LIST", None)
+    if arch_list is not None:
+        env["TORCH_CUDA_ARCH_LIST"] = arch_list
     if force is not None:
         env["FORCE_CUDA"] = force
     result, calls = run_script(tmp_path, D2MAIN_BASE, script=D2MAIN,
@@ -230,6 +238,8 @@ def test_d2main_builds_cuda_ops_when_a_toolkit_is_present(tmp_path, nvcc, torch_
     (build,) = [call for call in calls if call["pip"][-1] == "."]
     assert build["FORCE_CUDA"] == built_with
     assert ("CUDA ops" in result.stdout) == (built_with == "1" and force is None)
+    assert ("no visible GPU: set TORCH_CUDA_ARCH_LIST" in result.stdout) == bool(
+        nvcc and torch_cuda and not gpus and not arch_list and force is None)
 
     # The same source again: kept, not rebuilt.
     result, calls = run_script(tmp_path, D2MAIN_BASE + ["detectron2"], script=D2MAIN,

@@ -48,19 +48,24 @@ if ! "$py" -c "import torch, torchvision, setuptools, wheel, ninja" 2>/dev/null;
   pip install "torch==2.14.1" "torchvision==0.29.1" "setuptools<81" wheel ninja
 fi
 
-# CUDA ops: Detectron2's setup.py builds them when torch sees a GPU, or when FORCE_CUDA=1 (a
-# machine with the toolkit but no visible GPU, e.g. a container build). A value the caller set
-# is kept.
+# CUDA ops: Detectron2's setup.py builds them when torch sees a GPU, or when FORCE_CUDA=1. With
+# no visible GPU (a container or login node) torch needs TORCH_CUDA_ARCH_LIST to know what to
+# compile for, so the toolkit alone builds CPU ops. A FORCE_CUDA the caller set is kept.
 if [ -z "${FORCE_CUDA:-}" ]; then
   nvcc=$(command -v nvcc || true)
   if [ -z "$nvcc" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then
     nvcc=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
   fi
-  torch_cuda=$(cd / && "$py" -c 'import torch; print(torch.version.cuda or "")')
-  if [ -n "$nvcc" ] && [ -n "$torch_cuda" ]; then
+  read -r torch_cuda gpus < <(cd / && "$py" -c \
+    'import torch; c = torch.version.cuda; print(c or "-", torch.cuda.device_count() if c else 0)')
+  if [ -n "$nvcc" ] && [ "$torch_cuda" != "-" ] \
+    && { [ "$gpus" -gt 0 ] || [ -n "${TORCH_CUDA_ARCH_LIST:-}" ]; }; then
     export FORCE_CUDA=1
     export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$nvcc")")}
     ops="CPU and CUDA ops (nvcc at $nvcc, torch built for CUDA $torch_cuda)"
+  elif [ -n "$nvcc" ] && [ "$torch_cuda" != "-" ]; then
+    export FORCE_CUDA=0
+    ops="CPU ops (a CUDA toolkit but no visible GPU: set TORCH_CUDA_ARCH_LIST, e.g. \"8.0;9.0\", to compile the GPU kernels too)"
   else
     export FORCE_CUDA=0
     ops="CPU ops (no CUDA toolkit, or a CPU build of torch)"
