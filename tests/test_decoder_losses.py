@@ -11,6 +11,7 @@ from mkd import (
     DistillContext, FeatureDistiller, FeatureLoss, GcBlock, GlobalLoss, MKDDecoder, MKDDistiller,
     PatchMasker,
 )
+from mkd.decoder import _sincos_position_embedding
 from mkd.losses import normalize_features
 from test_meta_arch import make_mkd
 
@@ -289,6 +290,35 @@ def test_a_decoder_without_transformer_maps_each_token_alone():
     assert not torch.allclose(a[..., :2, :2], b[..., :2, :2])
     torch.testing.assert_close(a[..., 2:, :], b[..., 2:, :])  # no context: others unchanged
     torch.testing.assert_close(a[..., :, 2:], b[..., :, 2:])
+
+
+def test_sam_norm_normalises_the_student_tokens_not_the_mask_tokens():
+    shapes = {"p3": ShapeSpec(channels=8, stride=8), "p5": ShapeSpec(channels=8, stride=32),
+              "p6": ShapeSpec(channels=8, stride=64)}
+    teacher = {k: ShapeSpec(channels=12, stride=v.stride) for k, v in shapes.items()}
+    decoder = MKDDecoder(width=16, depth=1, num_heads=2, patch_size=32, sam_norm=True)
+    decoder.build(shapes, teacher)
+    assert set(decoder.sam_norm) == set(shapes)
+    mask = PatchMasker(patch_size=32, mask_ratio=0.5)([(128, 128)], [0], step=0)
+    student = _features(8, 128, 128, batch=1, levels={k: v.stride for k, v in shapes.items()})
+    student = {k: 50 * v + 7 for k, v in student.items()}  # far from unit scale
+    seen = []
+    hook = decoder.transformer.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    out = decoder(student, mask)
+    hook.remove()
+    tokens = torch.split(seen[0], [16, 16, 16], dim=1)  # 4x4 tokens per level at 128 px
+    for i, level in enumerate(decoder.levels):
+        pos = _sincos_position_embedding(4, 4, 16) + decoder.level_embed[i]
+        content = tokens[i][0] - pos
+        visible = mask.at(4, 4, 32)[0, 0].flatten().bool()
+        # Visible tokens: zero mean, unit variance over channels (LayerNorm's initial affine).
+        assert content[visible].mean(dim=1).abs().max() < 1e-4
+        assert content[visible].var(dim=1, unbiased=False).sub(1).abs().max() < 1e-2
+        torch.testing.assert_close(content[~visible],  # hidden: the mask token, untouched
+                                   decoder.mask_tokens[level].expand_as(content[~visible]))
+        assert out[level].shape == (1, 12, *student[level].shape[-2:])
+    sum(v.sum() for v in out.values()).backward()
+    assert all(norm.weight.grad.abs().sum() > 0 for norm in decoder.sam_norm.values())
 
 
 def test_residual_adapter_adds_a_per_position_1x1_path_to_the_decoder_output():

@@ -181,6 +181,9 @@ ABLATIONS = {
     "mkd-grad-x1": ["model.distiller.feature_weight=4.94", "model.distiller.global_weight=4.94"],
     "mkd-grad-x3": ["model.distiller.feature_weight=14.8", "model.distiller.global_weight=14.8"],
     "mgd-grad-x1": ("mgd", ["model.distiller.alpha=4.5e-3"]),
+    # A LayerNorm on the student's tokens after SAM: the diagnosis found the decoder scoring
+    # as well on another image's student as on its own (it fits the teacher from positions).
+    "sam-norm": ["model.distiller.decoder.sam_norm=True"],
     # This project's variant: a 1x1 conv from the student to the teacher's channels added to
     # the decoder's output (mimicking's direct path beside the decoder).
     "residual-adapter": ["model.distiller.decoder.residual_adapter=True"],

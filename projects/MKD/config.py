@@ -56,6 +56,7 @@ def add_mkd_config(cfg: CN) -> CN:
     m.DECODER_HEADS = 8
     m.ONE_SEQUENCE = True
     m.TOKEN_STRIDE = 0  # 0: one decoder token per mask patch; a divisor of PATCH_SIZE: finer
+    m.SAM_NORM = False  # a LayerNorm on the student's tokens after SAM
     m.RESIDUAL_ADAPTER = False  # this project's variant: a 1x1 path beside the decoder
     m.NORMALIZE = "channel"
     m.POSITIONS = "all"
@@ -128,7 +129,7 @@ def mkd_kwargs_from_yacs(cfg: CN) -> dict:
             decoder=MKDDecoder(width=m.DECODER_WIDTH, depth=m.DECODER_DEPTH,
                                num_heads=m.DECODER_HEADS, patch_size=m.PATCH_SIZE,
                                token_stride=m.TOKEN_STRIDE or None,
-                               one_sequence=m.ONE_SEQUENCE,
+                               one_sequence=m.ONE_SEQUENCE, sam_norm=m.SAM_NORM,
                                residual_adapter=m.RESIDUAL_ADAPTER),
             feature_loss=FeatureLoss(normalize=m.NORMALIZE, positions=m.POSITIONS),
             global_loss=(GlobalLoss(normalize=m.GLOBAL_NORMALIZE, reduction=m.GLOBAL_REDUCTION)

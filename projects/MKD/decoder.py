@@ -44,6 +44,12 @@ class MKDDecoder(nn.Module):
     A token still lies inside one patch, so it is wholly hidden or wholly visible. ``depth=0``
     keeps the decoder without its transformer (per-token maps only, no context).
 
+    ``sam_norm=True`` puts a LayerNorm (per level) on the student's tokens after SAM, before the
+    mask tokens and position embedding join them. The paper is silent on it; MAE's decoder gets
+    LayerNormed encoder tokens. Without it, SAM's output is an unnormalised convolution of the
+    student's map, which at initialisation is smaller than the sine-cosine position embedding:
+    the decoder can then fit the teacher's spatial prior from positions alone.
+
     ``residual_adapter=True`` is this project's variant, not the paper's: a 1x1 conv per level
     from the student's map straight to the teacher's channels, added to the decoder's output,
     so every position also gets mimicking's local, direct path to the student.
@@ -59,6 +65,7 @@ class MKDDecoder(nn.Module):
         patch_size: int = 32,
         token_stride: Optional[int] = None,
         one_sequence: bool = True,
+        sam_norm: bool = False,
         residual_adapter: bool = False,
     ):
         super().__init__()
@@ -77,6 +84,7 @@ class MKDDecoder(nn.Module):
         self.token_stride = token_stride
         self.one_sequence = one_sequence
         self.residual = nn.ModuleDict() if residual_adapter else None
+        self.sam_norm = nn.ModuleDict() if sam_norm else None
         layer = nn.TransformerEncoderLayer(
             width, num_heads, int(width * mlp_ratio), dropout=0.0, activation="gelu",
             batch_first=True, norm_first=True,
@@ -111,6 +119,8 @@ class MKDDecoder(nn.Module):
             else:
                 self.sam[level] = nn.Upsample(scale_factor=int(1 / p), mode="nearest")
                 self.srm[level] = nn.Linear(self.width, c_out)
+            if self.sam_norm is not None:
+                self.sam_norm[level] = nn.LayerNorm(self.width)
             self.mask_tokens[level] = nn.Parameter(torch.zeros(self.width))
             nn.init.normal_(self.mask_tokens[level], std=0.02)
             if self.residual is not None:
@@ -132,6 +142,8 @@ class MKDDecoder(nn.Module):
                 k = int(p)
                 x = F.pad(x, (0, -x.shape[-1] % k, 0, -x.shape[-2] % k))
             x = self.sam[level](x)
+            if self.sam_norm is not None:  # over channels, at every token
+                x = self.sam_norm[level](x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             n, c, h, w = x.shape
             visible = mask.at(h, w, self.token_stride).to(x.dtype)  # (N, 1, h, w)
             token = self.mask_tokens[level].to(x.dtype).view(1, c, 1, 1)
@@ -170,5 +182,6 @@ class MKDDecoder(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"levels={self.levels}, patch_size={self.patch_size}, "
-                f"token_stride={self.token_stride}, p={self._scale}")
+                f"token_stride={self.token_stride}, p={self._scale}, "
+                f"sam_norm={self.sam_norm is not None}")
 
