@@ -70,13 +70,25 @@ def check_weights_file(path: str, role: str, setting: str) -> None:
         )
 
 
-def checkpoint_keys(path: str, role: str, setting: str) -> set:
+class _KeyReader(_RecordingCheckpointer):
+    """Reads a checkpoint through ``Checkpointer.load`` and keeps only its tensor names (nothing
+    is loaded, so nothing is reported incompatible)."""
+
+    keys: frozenset = frozenset()
+
+    def _load_model(self, checkpoint):
+        self.keys = frozenset(checkpoint["model"])
+        return None
+
+
+def checkpoint_keys(path: str, role: str, setting: str) -> frozenset:
     """The names of the tensors a checkpoint holds, read as Detectron2's checkpointer reads it
     for loading (``.pth``, model-zoo ``.pkl``), with the same errors for a missing or unreadable
     file."""
     check_weights_file(path, role, setting)
-    checkpointer = _RecordingCheckpointer(nn.Module(), role, path, setting)
-    return set(checkpointer._load_file(PathManager.get_local_path(path)).get("model", {}))
+    reader = _KeyReader(nn.Module(), role, path, setting)
+    reader.load(path, checkpointables=[])
+    return reader.keys
 
 
 def load_verified_weights(
