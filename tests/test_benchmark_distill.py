@@ -375,25 +375,52 @@ def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_table_mkd(t
     methods = plan(["--methods", "none", "mkd"], lambda a: bench.table_rows(a, factors))
     controls = {t: v[0] for t, v in bench.ABLATIONS.items() if isinstance(v, tuple)}
     assert controls == {"mimic-x3": "mimic", "mimic-x3-masked": "mimic",
-                        "mimic-x3-adamw": "mimic"}
+                        "mimic-x3-adamw": "mimic", "mgd-grad-x1": "mgd"}
     assert list(ablations) == ["none", "mkd"] + [f"{controls.get(t, 'mkd')}[{t}]"
                                                  for t in bench.ABLATIONS]
     assert set(bench.ABLATIONS) == {
         "distiller-lr-x10", "init-from-teacher", "single-pass-frozen-bn", "no-global-loss",
         "hidden-positions-only", "mask-ratio-0.3", "mask-ratio-0.75", "decoder-depth-1",
         "decoder-depth-4", "norm-batch", "norm-clean", "mask-ratio-0", "tokens-8", "tokens-16",
-        "decoder-depth-0", "residual-adapter", "distiller-adamw", *controls}
+        "decoder-depth-0", "residual-adapter", "distiller-adamw", "mkd-grad-x1", "mkd-grad-x3",
+        "sam-norm", *controls}
     for name in ("none", "mkd"):
         assert [r.output_dir for r in ablations[name]] == [r.output_dir for r in methods[name]]
-    mimic = plan(["--methods", "mimic"], lambda a: bench.table_rows(a, factors))["mimic"]
+    methods.update(plan(["--methods", "mimic", "mgd"], lambda a: bench.table_rows(a, factors)))
     for tag, value in bench.ABLATIONS.items():
         method, extra = bench.ablation(tag)
-        default_runs = methods["mkd"] if method == "mkd" else mimic
+        default_runs = methods[method]
+        # An ablation that sets the method's loss weights sets them relative to its calibrated
+        # ones: the table's factor still multiplies them (the last override wins).
+        weights = tuple(f"{key}=" for key in bench.LOSS_WEIGHTS.get(method, []))
+
+        def without_weights(overrides):
+            return sorted(o for o in overrides if not o.startswith(weights))
+
         for default, variant in zip(default_runs, ablations[f"{method}[{tag}]"]):
-            assert sorted(variant.overrides) == sorted(default.overrides + extra)
+            assert without_weights(variant.overrides) == without_weights(default.overrides
+                                                                          + extra)
+            assert set(extra) <= set(variant.overrides)
             assert variant.output_dir != default.output_dir
             # A folder name Hydra's override grammar accepts in train.output_dir=...
             assert " " not in variant.output_dir and "[" not in variant.output_dir
+
+
+def test_weight_ablations_scale_with_the_tables_factor(tmp_path):
+    teacher = runs.Run("teacher", "unused", str(tmp_path / "teacher"))
+    args = bench.parse_args(["--ablations", "mkd-grad-x3", "mgd-grad-x1", "--seeds", "0",
+                             "--output-dir", str(tmp_path)])
+    planned = bench.student_runs(args, bench.ablation_rows(args, {"mkd": 3.0, "mgd": 0.5}),
+                                 teacher, runs.schedule(10), [])
+
+    def last(run, key):
+        return float([o for o in run.overrides if o.startswith(key + "=")][-1].split("=")[1])
+
+    (mkd,) = planned["mkd[mkd-grad-x3]"]
+    assert last(mkd, "model.distiller.feature_weight") == pytest.approx(14.8 * 3.0)
+    assert last(mkd, "model.distiller.global_weight") == pytest.approx(14.8 * 3.0)
+    (mgd,) = planned["mgd[mgd-grad-x1]"]
+    assert last(mgd, "model.distiller.alpha") == pytest.approx(4.5e-3 * 0.5)
 
 
 def _shapes_config(name):
