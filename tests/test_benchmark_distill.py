@@ -598,6 +598,9 @@ def test_probe_reports_initial_losses_and_both_calibration_factors(smoke_dir):
     assert by_method["mkd"]["factor to MKD's ratio"] == pytest.approx(1.0)
     text = (smoke_dir / "probe.md").read_text()
     assert "| mimic |" in text and "factor to gradient ratio 1" in text
+    calibration = json.loads((smoke_dir / bench.CALIBRATION_FILE).read_text())
+    assert calibration["gradient"] == pytest.approx(
+        {m: r["factor to gradient ratio 1"] for m, r in by_method.items()})
 
 
 @pytest.fixture(scope="module")
@@ -641,3 +644,29 @@ def test_segmentation_probe_splits_the_segmentation_loss_from_the_distillation(s
         assert row["ratio"] == pytest.approx(row["distillation loss"] / row["task loss"])
     assert by_method["mkd"]["factor to MKD's ratio"] == pytest.approx(1.0)
     assert "shapes_seg" in (seg_smoke_dir / "probe.md").read_text()
+
+
+def test_gradient_calibration_centres_each_methods_grid_on_the_probes_factor(tmp_path):
+    teacher = runs.Run("teacher", "unused", str(tmp_path / "teacher"))
+    common = ["--methods", "none", "mimic", "mkd", "--output-dir", str(tmp_path)]
+    args = bench.parse_args(common + ["--tune", "--calibration", "gradient"])
+    with pytest.raises(SystemExit, match=r"needs .*calibration\.json: run this command with "
+                                         r"--probe 4"):
+        bench.calibration_factors(args, teacher)
+    path = tmp_path / bench.CALIBRATION_FILE
+    path.write_text(json.dumps({"teacher": "another", "loss": {}, "gradient": {}}))
+    with pytest.raises(SystemExit, match="probed with the teacher another.*rerun --probe"):
+        bench.calibration_factors(args, teacher)
+    path.write_text(json.dumps({"teacher": teacher.output_dir, "loss": {},
+                                "gradient": {"mimic": 1.0}}))
+    with pytest.raises(SystemExit, match=r"no gradient factor for \['mkd'\]"):
+        bench.calibration_factors(args, teacher)
+    path.write_text(json.dumps({"teacher": teacher.output_dir, "loss": {},
+                                "gradient": {"mimic": 1.0, "mkd": 5.0}}))
+    base = bench.calibration_factors(args, teacher)
+    rows = {r.name: r.factor for r in bench.tuning_rows(args, base)}
+    assert rows == pytest.approx({"mimic x0.3": 0.3, "mimic x1": 1.0, "mimic x3": 3.0,
+                                  "mkd x0.3": 1.5, "mkd x1": 5.0, "mkd x3": 15.0})
+    # Ties go to the grid's centre, the probe's factor, not to the configs' weights.
+    assert bench.choose_factors({"mkd": {1.5: 40.0, 5.0: 40.0}}, base) == {"mkd": 5.0}
+    assert bench.calibration_factors(bench.parse_args(common + ["--tune"]), teacher) == {}

@@ -18,7 +18,9 @@ interrupted command continues where it stopped)::
 
 ``--tune`` gives mimic, FGD, MGD and MKD the same budget: x0.3, x1 and x3 of their calibrated
 loss weights (one factor on all of a method's weights), on ``--tune-seeds``; it writes the factor
-of the best mean AP (mIoU) per method to ``tuned_factors.json``. The table uses those factors
+of the best mean AP (mIoU) per method to ``tuned_factors.json``. ``--calibration gradient``
+centres every method's grid instead on the weights that give it the task's gradient at the
+student's FPN outputs at initialisation (``--probe``'s factors, from ``calibration.json``). The table uses those factors
 (without the file: the calibrated weights, with a warning) on ``--seeds``, which must be other
 seeds. It reports mean ± std of box AP (mIoU), the standard error of each method's difference
 from none, the share of the teacher-student gap closed, the time per iteration relative to none,
@@ -121,6 +123,8 @@ LOSS_WEIGHTS = {
 }
 FACTORS = (0.3, 1.0, 3.0)
 TUNING_FILE = "tuned_factors.json"
+#: --probe's factors per method: the x1 of --tune's grid under --calibration gradient.
+CALIBRATION_FILE = "calibration.json"
 BASELINES = ("mimic", "fgd", "mgd")  # what MKD must beat, at equal tuning budgets
 #: Published recipes, compared with MKD on their own line: FGD's starts the student's neck and
 #: head from the teacher's, which on a same-architecture pair copies most of the teacher.
@@ -249,7 +253,12 @@ def parse_args(argv=None):
     mode.add_argument("--ablations", nargs="*", choices=list(ABLATIONS), metavar="NAME",
                       help=f"MKD's variants (default all: {', '.join(ABLATIONS)})")
     mode.add_argument("--probe", type=int, default=0, metavar="N",
-                      help="only measure each method's initial losses over N batches")
+                      help="only measure each method's initial losses and gradients over N "
+                           f"batches (writes {CALIBRATION_FILE})")
+    parser.add_argument("--calibration", choices=["loss", "gradient"], default="loss",
+                        help="the x1 of the --tune grid: the configs' weights (loss: every "
+                             "method at MKD's initial loss ratio), or those scaled to an initial "
+                             "FPN gradient equal to the task's (gradient: --probe's factors)")
     parser.add_argument("--smoke", action="store_true", help="a few iterations on 8 images")
     parser.add_argument("overrides", nargs="*", help="path.key=value for the distilled runs")
     args = parser.parse_args(argv)
@@ -310,10 +319,35 @@ def table_rows(args, factors: Dict[str, float]) -> List[Row]:
             for m in args.methods]
 
 
-def tuning_rows(args) -> List[Row]:
-    """Each tuned method at each factor, on the tuning seeds only."""
-    return [Row(f"{m} x{f:g}", m, args.tune_seeds, list(args.overrides), f)
+def tuning_rows(args, base: Optional[Dict[str, float]] = None) -> List[Row]:
+    """Each tuned method at each factor of the grid, on the tuning seeds only; ``base``: the
+    grid's x1 per method (``calibration_factors``; 1 where a method has none)."""
+    base = base or {}
+    return [Row(f"{m} x{f:g}", m, args.tune_seeds, list(args.overrides), base.get(m, 1.0) * f)
             for m in args.methods if m in LOSS_WEIGHTS for f in FACTORS]
+
+
+def calibration_factors(args, teacher) -> Dict[str, float]:
+    """The x1 of ``--tune``'s grid per method: under ``--calibration loss`` the configs'
+    calibrated weights (every method at MKD's initial loss ratio: no factor); under
+    ``gradient`` those times the factor that makes the method's distillation send the student's
+    FPN as large a gradient as the task (``--probe``'s, for this teacher)."""
+    if args.calibration == "loss":
+        return {}
+    path = os.path.join(args.output_dir, CALIBRATION_FILE)
+    if not os.path.isfile(path):
+        raise SystemExit(f"--calibration gradient needs {path}: run this command with "
+                         "--probe 4 in place of --tune first")
+    with open(path) as f:
+        probed = json.load(f)
+    if probed["teacher"] != teacher.output_dir:
+        raise SystemExit(f"{path} was probed with the teacher {probed['teacher']}, this "
+                         f"command's is {teacher.output_dir}: rerun --probe")
+    missing = [m for m in args.methods if m in LOSS_WEIGHTS and m not in probed["gradient"]]
+    if missing:
+        raise SystemExit(f"{path} has no gradient factor for {missing}: rerun --probe with "
+                         "these --methods")
+    return probed["gradient"]
 
 
 def ablation(name: str):
@@ -475,9 +509,13 @@ def verdicts(table: Sequence[Dict], metric: str) -> List[str]:
     return lines
 
 
-def choose_factors(mean_score: Dict[str, Dict[float, float]]) -> Dict[str, float]:
-    """Per method, the factor of the best mean score (ties: the one nearest x1)."""
-    return {method: max(by_factor, key=lambda f: (by_factor[f], -abs(math.log(f))))
+def choose_factors(mean_score: Dict[str, Dict[float, float]],
+                   base: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+    """Per method, the factor of the best mean score (ties: the one nearest the grid's x1,
+    ``base``)."""
+    base = base or {}
+    return {method: max(by_factor, key=lambda f: (by_factor[f],
+                                                  -abs(math.log(f / base.get(method, 1.0)))))
             for method, by_factor in mean_score.items()}
 
 
@@ -488,7 +526,7 @@ def tuning_context(args, teacher, student_schedule: Sequence[str]) -> Dict:
     methods = [m for m in PAIRS[args.pair].methods if m == "none" or m in LOSS_WEIGHTS]
     configs = {m: runs.config_hash(config_file(args, m), student_schedule) for m in methods}
     return {"pair": args.pair, "teacher": teacher.output_dir, "overrides": list(args.overrides),
-            "configs": configs}
+            "configs": configs, "calibration": args.calibration}
 
 
 def tune(args, planned, rows: Sequence[Row], teacher, student_schedule) -> List[Dict]:
@@ -500,7 +538,7 @@ def tune(args, planned, rows: Sequence[Row], teacher, student_schedule) -> List[
         method, factor = factor_of[name]
         mean_score.setdefault(method, {})[factor] = statistics.mean(
             r.final_score() for r in seed_runs)
-    chosen = choose_factors(mean_score)
+    chosen = choose_factors(mean_score, calibration_factors(args, teacher))
     with open(os.path.join(args.output_dir, TUNING_FILE), "w") as f:
         json.dump({"factors": chosen, "tuning_seeds": list(args.tune_seeds),
                    f"mean_{metric}": {m: {f"{k:g}": v for k, v in d.items()}
@@ -553,7 +591,7 @@ def probe_config(config_file, overrides, batches):
     return mkd.probe.probe(cfg, batches)
 
 
-def probe(args, planned):
+def probe(args, planned, teacher):
     """A row per distilled method at initialisation: its task and distillation losses, the
     ratio of the gradients both send into the student's FPN outputs, and two calibration rules
     as factors on its weights. "factor to MKD's ratio" gives it MKD's distillation-to-task loss
@@ -575,6 +613,20 @@ def probe(args, planned):
     reference = next((r["ratio"] for r in rows if r["method"].startswith("mkd")), math.nan)
     for row in rows:
         row["factor to MKD's ratio"] = reference / row["ratio"]
+    path = os.path.join(args.output_dir, CALIBRATION_FILE)
+    calibration = {"teacher": teacher.output_dir, "loss": {}, "gradient": {}}
+    if os.path.isfile(path):  # another subset of methods probed with this teacher: kept
+        with open(path) as f:
+            previous = json.load(f)
+        if previous["teacher"] == teacher.output_dir:
+            calibration = previous
+    for row in rows:
+        method = row["method"].split("[")[0]
+        calibration["loss"][method] = row["factor to MKD's ratio"]
+        calibration["gradient"][method] = row["factor to gradient ratio 1"]
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(calibration, f, indent=1)
     return rows
 
 
@@ -659,13 +711,13 @@ def main(argv=None):
     if args.probe:  # the calibrated weights themselves
         rows = table_rows(args, {})
     elif args.tune:
-        rows = tuning_rows(args)
+        rows = tuning_rows(args, calibration_factors(args, teacher))
     else:
         factors = load_factors(args, teacher, student_schedule)
         rows = ablation_rows(args, factors) if args.ablations else table_rows(args, factors)
     planned = student_runs(args, rows, teacher, student_schedule, student_score, bottom_up)
     if args.probe:
-        table = probe(args, planned)
+        table = probe(args, planned, teacher)
         text = runs.format_table(table, PROBE_COLUMNS)
         print(text, flush=True)
         os.makedirs(args.output_dir, exist_ok=True)
