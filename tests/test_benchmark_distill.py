@@ -324,6 +324,19 @@ def test_runs_read_the_metrics_of_their_task(tmp_path):
     assert as_boxes.evaluations() == [] and not as_boxes.finished
 
 
+def test_a_run_stopped_during_its_final_evaluation_is_not_finished(tmp_path):
+    """Its final weights are saved, but its last score is a periodic evaluation's (iteration
+    150 of 300): counted finished, the table would report that score."""
+    run = runs.Run("none", "unused", str(tmp_path))
+    _fake_run(run, 20.0, iteration=300)
+    metrics = (tmp_path / "metrics.json").read_text().splitlines()
+    periodic = {"iteration": 149, **{f"bbox/{k}": 20.0 for k in runs.TASK_METRICS["bbox"]}}
+    (tmp_path / "metrics.json").write_text("\n".join([json.dumps(periodic), metrics[0]]))
+    assert run.evaluations()[-1]["iteration"] == 150 and not run.finished
+    (tmp_path / "metrics.json").write_text("\n".join([json.dumps(periodic), *metrics]))
+    assert run.finished and run.final_score() == 20.0
+
+
 def test_segmentation_table_reports_miou_against_none_and_the_teacher(tmp_path):
     """The table's statistics and verdicts on made-up finished segmentation runs, in mIoU."""
     args = bench.parse_args(["--task", "sem_seg", "--methods", "none", "mgd", "mkd",

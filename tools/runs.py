@@ -64,6 +64,11 @@ def qualified_name(obj) -> str:
     return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
+def _trained_steps(metrics: List[Dict]):
+    """How many steps a run's ``metrics.json`` says it trained (None: no step logged)."""
+    return max((m["iteration"] + 1 for m in metrics if "total_loss" in m), default=None)
+
+
 @dataclass
 class Run:
     name: str
@@ -79,9 +84,16 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        """Trained to the end and evaluated, or stopped by a non-finite loss (a result too)."""
-        return self.diverged or os.path.isfile(
-            os.path.join(self.output_dir, "model_final.pth")) and bool(self.evaluations())
+        """Trained to the end and evaluated after its last step, or stopped by a non-finite loss
+        (a result too). A run stopped during its final evaluation has its final weights but,
+        as its last score, a periodic evaluation's: unfinished, trained again."""
+        if self.diverged:
+            return True
+        if not os.path.isfile(os.path.join(self.output_dir, "model_final.pth")):
+            return False
+        evaluations = self.evaluations()
+        trained = _trained_steps(read_metrics(self.output_dir))
+        return bool(evaluations) and (trained is None or evaluations[-1]["iteration"] >= trained)
 
     @property
     def diverged(self) -> bool:
@@ -99,7 +111,7 @@ class Run:
         metrics = read_metrics(self.output_dir)
         # Detectron2 stores a periodic evaluation at the index of the step just done, and the
         # final one (EvalHook.after_train) at max_iter, one past the last step's index.
-        trained = max((m["iteration"] + 1 for m in metrics if "total_loss" in m), default=None)
+        trained = _trained_steps(metrics)
         names = TASK_METRICS[self.task]
         return [
             {"iteration": m["iteration"] + 1 if trained is None else
