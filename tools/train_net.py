@@ -33,7 +33,6 @@ from detectron2.engine import (
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 from omegaconf import OmegaConf
 
 from mkd import MKD, load_verified_weights

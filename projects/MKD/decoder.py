@@ -45,10 +45,10 @@ class MKDDecoder(nn.Module):
     keeps the decoder without its transformer (per-token maps only, no context).
 
     ``sam_norm=True`` puts a LayerNorm (per level) on the student's tokens after SAM, before the
-    mask tokens and position embedding join them. The paper is silent on it; MAE's decoder gets
-    LayerNormed encoder tokens. Without it, SAM's output is an unnormalised convolution of the
-    student's map, which at initialisation is smaller than the sine-cosine position embedding:
-    the decoder can then fit the teacher's spatial prior from positions alone.
+    mask tokens and position embedding join them (the paper is silent; MAE's decoder gets
+    LayerNormed encoder tokens), so that the unnormalised SAM output cannot be drowned by the
+    unit-scale position embedding. Measured on the shapes proxy, it changes neither the score nor
+    how much the decoder reads the student (docs/mkd_experiments.md).
 
     ``residual_adapter=True`` is this project's variant, not the paper's: a 1x1 conv per level
     from the student's map straight to the teacher's channels, added to the decoder's output,
