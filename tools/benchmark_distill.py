@@ -20,9 +20,9 @@ interrupted command continues where it stopped)::
 loss weights (one factor on all of a method's weights), on ``--tune-seeds``; it writes the factor
 of the best mean AP (mIoU) per method to ``tuned_factors.json``. ``--calibration gradient``
 centres every method's grid instead on the weights that give it the task's gradient at the
-student's FPN outputs at initialisation (``--probe``'s factors, from ``calibration.json``). The table uses those factors
-(without the file: the calibrated weights, with a warning) on ``--seeds``, which must be other
-seeds. It reports mean ± std of box AP (mIoU), the standard error of each method's difference
+student's FPN outputs at initialisation (``--probe``'s factors, from ``calibration.json``).
+The table uses those factors (without the file: the calibrated weights, with a warning) on
+``--seeds``, which must be other seeds. It reports mean ± std of box AP (mIoU), the standard error of each method's difference
 from none, the share of the teacher-student gap closed, the time per iteration relative to none,
 the mean curves as a PNG, and the issue's targets met or missed.
 
@@ -529,8 +529,10 @@ def tuning_context(args, teacher, student_schedule: Sequence[str]) -> Dict:
             "configs": configs, "calibration": args.calibration}
 
 
-def tune(args, planned, rows: Sequence[Row], teacher, student_schedule) -> List[Dict]:
-    """Writes the chosen factors with the grid's mean score; returns the grid's table."""
+def tune(args, planned, rows: Sequence[Row], teacher, student_schedule,
+         base: Dict[str, float]) -> List[Dict]:
+    """Writes the chosen factors with the grid's mean score (ties: nearest the grid's x1,
+    ``base``); returns the grid's table."""
     metric = TASKS[args.task].metric
     factor_of = {row.name: (row.method, row.factor) for row in rows}
     mean_score = {}
@@ -538,7 +540,7 @@ def tune(args, planned, rows: Sequence[Row], teacher, student_schedule) -> List[
         method, factor = factor_of[name]
         mean_score.setdefault(method, {})[factor] = statistics.mean(
             r.final_score() for r in seed_runs)
-    chosen = choose_factors(mean_score, calibration_factors(args, teacher))
+    chosen = choose_factors(mean_score, base)
     with open(os.path.join(args.output_dir, TUNING_FILE), "w") as f:
         json.dump({"factors": chosen, "tuning_seeds": list(args.tune_seeds),
                    f"mean_{metric}": {m: {f"{k:g}": v for k, v in d.items()}
@@ -614,16 +616,14 @@ def probe(args, planned, teacher):
     for row in rows:
         row["factor to MKD's ratio"] = reference / row["ratio"]
     path = os.path.join(args.output_dir, CALIBRATION_FILE)
-    calibration = {"teacher": teacher.output_dir, "loss": {}, "gradient": {}}
+    calibration = {"teacher": teacher.output_dir, "gradient": {}}
     if os.path.isfile(path):  # another subset of methods probed with this teacher: kept
         with open(path) as f:
             previous = json.load(f)
         if previous["teacher"] == teacher.output_dir:
             calibration = previous
     for row in rows:
-        method = row["method"].split("[")[0]
-        calibration["loss"][method] = row["factor to MKD's ratio"]
-        calibration["gradient"][method] = row["factor to gradient ratio 1"]
+        calibration["gradient"][row["method"].split("[")[0]] = row["factor to gradient ratio 1"]
     os.makedirs(args.output_dir, exist_ok=True)
     with open(path, "w") as f:
         json.dump(calibration, f, indent=1)
@@ -708,10 +708,11 @@ def main(argv=None):
         runs.launch([teacher], jobs=1, threads=max(1, os.cpu_count() or 1), prefix="  ")
 
     student_schedule = schedule(args.student_iter) + extra
+    base = calibration_factors(args, teacher) if args.tune else {}
     if args.probe:  # the calibrated weights themselves
         rows = table_rows(args, {})
     elif args.tune:
-        rows = tuning_rows(args, calibration_factors(args, teacher))
+        rows = tuning_rows(args, base)
     else:
         factors = load_factors(args, teacher, student_schedule)
         rows = ablation_rows(args, factors) if args.ablations else table_rows(args, factors)
@@ -731,7 +732,7 @@ def main(argv=None):
     runs.launch(todo, jobs=args.jobs, threads=1, prefix="  ")
 
     if args.tune:
-        table = tune(args, planned, rows, teacher, student_schedule)
+        table = tune(args, planned, rows, teacher, student_schedule, base)
         text = runs.format_table(table, tune_columns(task))
         tag, notes = "_tuning", [f"tuning seeds {args.tune_seeds}; chosen factors in "
                                  f"{os.path.join(args.output_dir, TUNING_FILE)}"]
