@@ -388,7 +388,7 @@ def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_table_mkd(t
     methods = plan(["--methods", "none", "mkd"], lambda a: bench.table_rows(a, factors))
     controls = {t: v[0] for t, v in bench.ABLATIONS.items() if isinstance(v, tuple)}
     assert controls == {"mimic-x3": "mimic", "mimic-x3-masked": "mimic",
-                        "mimic-x3-adamw": "mimic", "mgd-grad-x1": "mgd"}
+                        "mimic-x3-adamw": "mimic", "mgd-grad-x1": "mgd", "mimic-x9": "mimic"}
     assert list(ablations) == ["none", "mkd"] + [f"{controls.get(t, 'mkd')}[{t}]"
                                                  for t in bench.ABLATIONS]
     assert set(bench.ABLATIONS) == {
@@ -396,7 +396,7 @@ def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_table_mkd(t
         "hidden-positions-only", "mask-ratio-0.3", "mask-ratio-0.75", "decoder-depth-1",
         "decoder-depth-4", "norm-batch", "norm-clean", "mask-ratio-0", "tokens-8", "tokens-16",
         "decoder-depth-0", "residual-adapter", "distiller-adamw", "mkd-grad-x1", "mkd-grad-x3",
-        "sam-norm", *controls}
+        "mkd-grad-x9", "sam-norm", *controls}
     for name in ("none", "mkd"):
         assert [r.output_dir for r in ablations[name]] == [r.output_dir for r in methods[name]]
     methods.update(plan(["--methods", "mimic", "mgd"], lambda a: bench.table_rows(a, factors)))
