@@ -164,6 +164,47 @@ def test_tuning_chooses_on_tuning_seeds_only_and_the_table_uses_its_factors(tmp_
         bench.load_factors(args, teacher, runs.schedule(150))
 
 
+def test_a_later_tune_extends_the_grid_and_keeps_other_methods(tmp_path, monkeypatch):
+    """--grid 9 after the default grid adds x9 to it and chooses over all four factors; a tune
+    of MKD alone keeps mimic's grid; the table refuses a method that was never tuned."""
+    common = ["--output-dir", str(tmp_path), "--teacher-cache", str(tmp_path / "teachers"),
+              "--seeds", "0"]
+    bottom_up = str(tmp_path / "pretrained" / "model_final.pth")
+    monkeypatch.setattr(bench, "pretrained_bottom_up", lambda args: bottom_up)
+    args = bench.parse_args(common)
+    teacher = runs.teacher_run(args.teacher_cache, bench.start_from(bottom_up, distilled=False),
+                               config_file=runs.config_path("teacher", "shapes"))
+    _fake_run(teacher, 40.0)
+
+    def tune(methods, grid, made_up, extra=()):
+        argv = common + ["--tune", "--methods", *methods, "--grid", *grid, *extra]
+        args = bench.parse_args(argv)
+        planned = bench.student_runs(args, bench.tuning_rows(args), teacher, [], [], bottom_up)
+        for name, seed_runs in planned.items():
+            for run in seed_runs:
+                _fake_run(run, made_up[name])
+        bench.main(argv)
+        return json.loads((tmp_path / bench.TUNING_FILE).read_text())
+
+    tuned = tune(["mimic"], ["0.3", "1", "3"], {"mimic x0.3": 20, "mimic x1": 21, "mimic x3": 22})
+    assert tuned["factors"] == {"mimic": 3.0}
+    tuned = tune(["mimic"], ["9"], {"mimic x9": 23})
+    assert tuned["factors"] == {"mimic": 9.0}
+    assert tuned["mean_AP"]["mimic"] == {"0.3": 20, "1.0": 21, "3.0": 22, "9.0": 23}
+    tuned = tune(["mkd"], ["1", "3"], {"mkd x1": 30, "mkd x3": 25})
+    assert tuned["factors"] == {"mimic": 9.0, "mkd": 1.0}
+
+    table = common + ["--methods", "none", "mimic", "mkd", "mgd"]
+    with pytest.raises(SystemExit, match=r"no tuned weights for \['mgd'\]: run --tune "
+                                         r"--methods mgd"):
+        bench.load_factors(bench.parse_args(table), teacher, [])
+    assert bench.load_factors(bench.parse_args(table[:-1]), teacher, []) == {
+        "mimic": 9.0, "mkd": 1.0}
+    # Other tuning seeds start a new grid.
+    tuned = tune(["mkd"], ["3"], {"mkd x3": 25}, ["--tune-seeds", "100"])
+    assert tuned["factors"] == {"mkd": 3.0}
+
+
 class _ScriptRun(runs.Run):
     """A run whose command is a Python one-liner instead of train_net.py."""
     script: str = ""
@@ -396,7 +437,7 @@ def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_table_mkd(t
         "hidden-positions-only", "mask-ratio-0.3", "mask-ratio-0.75", "decoder-depth-1",
         "decoder-depth-4", "norm-batch", "norm-clean", "mask-ratio-0", "tokens-8", "tokens-16",
         "decoder-depth-0", "residual-adapter", "distiller-adamw", "mkd-grad-x1", "mkd-grad-x3",
-        "mkd-grad-x9", "sam-norm", *controls}
+        "mkd-grad-x9", "feature-norm-layernorm", "levels-p3-p5", "sam-norm", *controls}
     for name in ("none", "mkd"):
         assert [r.output_dir for r in ablations[name]] == [r.output_dir for r in methods[name]]
     methods.update(plan(["--methods", "mimic", "mgd"], lambda a: bench.table_rows(a, factors)))

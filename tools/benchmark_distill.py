@@ -18,7 +18,10 @@ interrupted command continues where it stopped)::
 
 ``--tune`` gives mimic, FGD, MGD and MKD the same budget: x0.3, x1 and x3 of their calibrated
 loss weights (one factor on all of a method's weights), on ``--tune-seeds``; it writes the factor
-of the best mean AP (mIoU) per method to ``tuned_factors.json``. ``--calibration gradient``
+of the best mean AP (mIoU) per method to ``tuned_factors.json``. ``--grid F ...`` sets other
+factors: a later ``--tune`` with the same options adds its grid points to the file's (e.g.
+``--grid 9`` extends a grid whose best was its top) and chooses again over all of them, so every
+method can be tuned until its best lies inside its grid. ``--calibration gradient``
 centres every method's grid instead on the weights that give it the task's gradient at the
 student's FPN outputs at initialisation (``--probe``'s factors, from ``calibration.json``).
 The table uses those factors (without the file: the calibrated weights, with a warning) on
@@ -189,6 +192,11 @@ ABLATIONS = {
     # too (x3 of its calibrated weight 2.0); equal budget extends both.
     "mkd-grad-x9": ["model.distiller.feature_weight=44.5", "model.distiller.global_weight=44.5"],
     "mimic-x9": ("mimic", ["model.distiller.weight=18.0"]),
+    # E6, the coarse levels: per-channel standardisation over a 2x2 P6 leaves a target of signs
+    # and a 1x1 P7 none at all, yet P6 sent most of the feature loss's gradient. Standardise
+    # each position over its channels instead, or distil P3-P5 only.
+    "feature-norm-layernorm": ["model.distiller.feature_loss.normalize=layernorm"],
+    "levels-p3-p5": ["model.levels=[p3,p4,p5]"],
     # A LayerNorm on the student's tokens after SAM: the diagnosis found the decoder scoring
     # as well on another image's student as on its own (it fits the teacher from positions).
     "sam-norm": ["model.distiller.decoder.sam_norm=True"],
@@ -252,13 +260,16 @@ def parse_args(argv=None):
     parser.add_argument("--tag", default="", help="names the extra overrides' variant")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--tune", action="store_true",
-                      help=f"train the weight grid x{FACTORS} on --tune-seeds, write "
+                      help=f"train the weight grid (--grid) on --tune-seeds, write "
                            f"{TUNING_FILE}")
     mode.add_argument("--ablations", nargs="*", choices=list(ABLATIONS), metavar="NAME",
                       help=f"MKD's variants (default all: {', '.join(ABLATIONS)})")
     mode.add_argument("--probe", type=int, default=0, metavar="N",
                       help="only measure each method's initial losses and gradients over N "
                            f"batches (writes {CALIBRATION_FILE})")
+    parser.add_argument("--grid", nargs="+", type=float, default=list(FACTORS), metavar="F",
+                        help="--tune's factors on each method's x1; added to those already in "
+                             f"{TUNING_FILE} for the same options (default: {FACTORS})")
     parser.add_argument("--calibration", choices=["loss", "gradient"], default="loss",
                         help="the x1 of the --tune grid: the configs' weights (loss: every "
                              "method at MKD's initial loss ratio), or those scaled to an initial "
@@ -328,7 +339,7 @@ def tuning_rows(args, base: Optional[Dict[str, float]] = None) -> List[Row]:
     grid's x1 per method (``calibration_factors``; 1 where a method has none)."""
     base = base or {}
     return [Row(f"{m} x{f:g}", m, args.tune_seeds, list(args.overrides), base.get(m, 1.0) * f)
-            for m in args.methods if m in LOSS_WEIGHTS for f in FACTORS]
+            for m in args.methods if m in LOSS_WEIGHTS for f in args.grid]
 
 
 def calibration_factors(args, teacher) -> Dict[str, float]:
@@ -533,23 +544,41 @@ def tuning_context(args, teacher, student_schedule: Sequence[str]) -> Dict:
             "configs": configs, "calibration": args.calibration}
 
 
+def earlier_grid(path: str, context: Dict, tune_seeds: Sequence[int],
+                 metric: str) -> Dict[str, Dict[float, float]]:
+    """The mean scores per method and factor of an earlier ``--tune`` in ``path`` with the same
+    context and tuning seeds (a grid to extend), else none."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        earlier = json.load(f)
+    if earlier["context"] != context or earlier["tuning_seeds"] != list(tune_seeds):
+        print(f"[benchmark] {path} was tuned with other options: replacing it", flush=True)
+        return {}
+    return {m: {float(k): v for k, v in d.items()}
+            for m, d in earlier.get(f"mean_{metric}", {}).items()}
+
+
 def tune(args, planned, rows: Sequence[Row], teacher, student_schedule,
          base: Dict[str, float]) -> List[Dict]:
-    """Writes the chosen factors with the grid's mean score (ties: nearest the grid's x1,
-    ``base``); returns the grid's table."""
+    """Writes the chosen factors with the mean score of every grid point, this command's and
+    an earlier ``--tune``'s with the same options (ties: nearest the grid's x1, ``base``);
+    returns this command's grid as a table."""
     metric = TASKS[args.task].metric
+    path = os.path.join(args.output_dir, TUNING_FILE)
+    context = tuning_context(args, teacher, student_schedule)
     factor_of = {row.name: (row.method, row.factor) for row in rows}
-    mean_score = {}
+    mean_score = earlier_grid(path, context, args.tune_seeds, metric)
     for name, seed_runs in planned.items():
         method, factor = factor_of[name]
         mean_score.setdefault(method, {})[factor] = statistics.mean(
             r.final_score() for r in seed_runs)
     chosen = choose_factors(mean_score, base)
-    with open(os.path.join(args.output_dir, TUNING_FILE), "w") as f:
+    with open(path, "w") as f:
         json.dump({"factors": chosen, "tuning_seeds": list(args.tune_seeds),
-                   f"mean_{metric}": {m: {f"{k:g}": v for k, v in d.items()}
+                   f"mean_{metric}": {m: {repr(k): v for k, v in sorted(d.items())}
                                       for m, d in mean_score.items()},
-                   "context": tuning_context(args, teacher, student_schedule)}, f, indent=1)
+                   "context": context}, f, indent=1)
     table = []
     for name, seed_runs in planned.items():
         method, factor = factor_of[name]
@@ -582,6 +611,10 @@ def load_factors(args, teacher, student_schedule: Sequence[str]) -> Dict[str, fl
         raise SystemExit(f"seeds {shared} chose the weights ({path}) and cannot also report "
                          f"them: give --seeds without {tuned['tuning_seeds']}")
     factors = {m: float(f) for m, f in tuned["factors"].items()}
+    untuned = [m for m in args.methods if m in LOSS_WEIGHTS and m not in factors]
+    if untuned:
+        raise SystemExit(f"{path} has no tuned weights for {untuned}: run --tune --methods "
+                         f"{' '.join(untuned)} with this command's options first")
     print(f"[benchmark] tuned weights from {path} (seeds {tuned['tuning_seeds']}): "
           + ", ".join(f"{m} x{f:g}" for m, f in factors.items()), flush=True)
     return factors
