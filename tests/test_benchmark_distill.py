@@ -1,3 +1,4 @@
+import importlib
 import json
 import math
 import os
@@ -724,3 +725,35 @@ def test_gradient_calibration_centres_each_methods_grid_on_the_probes_factor(tmp
     # Ties go to the grid's centre, the probe's factor, not to the configs' weights.
     assert bench.choose_factors({"mkd": {1.5: 40.0, 5.0: 40.0}}, base) == {"mkd": 5.0}
     assert bench.calibration_factors(bench.parse_args(common + ["--tune"]), teacher) == {}
+
+
+def test_the_second_instance_pair_trains_every_run_on_its_own_data(tmp_path, monkeypatch):
+    """--pair shapes_seed1: the shapes configs with the data of generator seed 1 in the
+    teacher's, the students' and the pretraining's configs; other runs than the shapes pair's."""
+    pretrained, launched = [], []
+    # The modules benchmark_distill imports (tools/ on sys.path), not load_tool's copies.
+    monkeypatch.setattr(importlib.import_module("pretrain_backbone"), "pretrain",
+                        lambda config, settings, root, overrides=(): pretrained.append(
+                            (config, list(overrides))) or str(tmp_path / "bottom_up.pth"))
+
+    def launch(todo, **kwargs):  # made-up scores instead of training
+        for run in todo:
+            launched.append(run)
+            _fake_run(run, 40.0)
+
+    monkeypatch.setattr(bench.runs, "launch", launch)
+    common = ["--output-dir", str(tmp_path), "--teacher-cache", str(tmp_path / "teachers"),
+              "--methods", "none", "mkd", "--seeds", "0"]
+    data = ["dataloader.train.dataset.names=mkd_shapes_seed1_train",
+            "dataloader.test.dataset.names=mkd_shapes_seed1_val"]
+    bench.main(common + ["--pair", "shapes_seed1"])
+    assert pretrained == [(runs.config_path("student", "shapes"), data)]
+    teacher, *students = launched
+    for run in launched:
+        cfg = runs.load_config(run.config_file, run.overrides)
+        assert cfg.dataloader.train.dataset.names == "mkd_shapes_seed1_train"
+        assert cfg.dataloader.test.dataset.names == "mkd_shapes_seed1_val"
+    args = bench.parse_args(common)
+    shapes = bench.student_runs(args, bench.table_rows(args, {}), teacher, [], [])
+    assert {r.output_dir for r in students}.isdisjoint(
+        r.output_dir for seed_runs in shapes.values() for r in seed_runs)

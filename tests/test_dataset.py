@@ -299,3 +299,24 @@ def test_unknown_dataset_name_says_how_to_register():
     with pytest.raises(KeyError, match="not registered.*register_coco_instances"):
         check_datasets_available(["no_such_dataset"])
 
+
+
+def test_the_second_shapes_instance_is_the_shapes_generator_at_seed_1(tmp_path, monkeypatch):
+    """mkd_shapes_seed1_* registers beside mkd_shapes_*, in its own folder, and is generated
+    from generator seed 1: another draw of the same distribution, not the same images."""
+    from mkd.data import shapes
+
+    for name, value in [("DEFAULT_NUM_TRAIN", 2), ("DEFAULT_NUM_VAL", 1),
+                        ("DEFAULT_IMAGE_SIZE", 64)]:
+        monkeypatch.setattr(shapes, name, value)
+    assert {"mkd_shapes_seed1_train", "mkd_shapes_seed1_val"} <= set(DatasetCatalog.list())
+    assert MetadataCatalog.get("mkd_shapes_seed1_train").thing_classes == shapes.CATEGORY_NAMES
+    monkeypatch.setenv("MKD_DATASETS", str(tmp_path))
+    assert builtin_root("shapes_seed1") == str(tmp_path / "mkd_shapes_seed1")
+    trees = {}
+    for dataset in ("shapes", "shapes_seed1"):
+        ensure_builtin_dataset(builtin_root(dataset), dataset=dataset)
+        trees[dataset] = read_tree(builtin_root(dataset))
+    ensure_builtin_dataset(str(tmp_path / "again"), seed=1, dataset="shapes")
+    assert read_tree(str(tmp_path / "again")) == trees["shapes_seed1"]
+    assert trees["shapes_seed1"] != trees["shapes"]

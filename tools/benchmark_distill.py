@@ -54,7 +54,7 @@ import math
 import os
 import statistics
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import runs  # tools/runs.py: this script's directory is on sys.path
 
@@ -97,12 +97,21 @@ class Pair:
     # The detector (<folder>/<name>) whose bottom-up tools/pretrain_backbone.py pretrains, by
     # classifying crops of its boxes; "": the student's own config.
     pretraining_config: str = ""
+    # Applied to every run of the pair (teacher, students, pretraining): e.g. other data.
+    overrides: Tuple[str, ...] = ()
 
 
 PAIRS = {
     "shapes": Pair("shapes", "shapes", "teacher", {
         "none": "student", "mimic": "mimic", "fgd": "fgd", "fgd_recipe": "fgd_recipe",
         "mgd": "mgd", "mkd": "mkd"}, pretrained=True),
+    # The second instance of the proxy: the same configs on the shapes regenerated from another
+    # generator seed, with its own pretrained bottom-up and teacher.
+    "shapes_seed1": Pair("shapes_seed1", "shapes", "teacher", {
+        "none": "student", "mimic": "mimic", "fgd": "fgd", "fgd_recipe": "fgd_recipe",
+        "mgd": "mgd", "mkd": "mkd"}, pretrained=True, overrides=(
+            "dataloader.train.dataset.names=mkd_shapes_seed1_train",
+            "dataloader.test.dataset.names=mkd_shapes_seed1_val")),
     "digits": Pair("digits", "builtin", "retinanet_R50_scratch", {
         "none": "retinanet_R18_scratch", "mimic": "retinanet_R50_to_R18_mimic",
         "fgd": "retinanet_R50_to_R18_fgd", "mgd": "retinanet_R50_to_R18_mgd",
@@ -404,7 +413,8 @@ def pretrained_bottom_up(args) -> str:
         config = runs.config_path(name, folder)
     else:
         config = config_file(args, "none")
-    return pretrain_backbone.pretrain(config, settings, root)
+    return pretrain_backbone.pretrain(config, settings, root,
+                                      overrides=PAIRS[args.pair].overrides)
 
 
 def start_from(bottom_up: str, distilled: bool) -> List[str]:
@@ -424,7 +434,8 @@ def student_runs(args, rows: Sequence[Row], teacher, schedule, student_score, bo
     for row in rows:
         config = config_file(args, row.method)
         for seed in row.seeds:
-            overrides = list(schedule) + [f"train.seed={seed}"]
+            overrides = list(PAIRS[args.pair].overrides) + list(schedule)
+            overrides += [f"train.seed={seed}"]
             overrides += start_from(bottom_up, distilled=row.method != "none")
             if row.method == "none":
                 overrides += student_score
@@ -539,7 +550,9 @@ def tuning_context(args, teacher, student_schedule: Sequence[str]) -> Dict:
     configs (hashes) of the student and each tuned method at ``student_schedule``: an edited
     recipe, or another schedule, needs a new tuning."""
     methods = [m for m in PAIRS[args.pair].methods if m == "none" or m in LOSS_WEIGHTS]
-    configs = {m: runs.config_hash(config_file(args, m), student_schedule) for m in methods}
+    data = list(PAIRS[args.pair].overrides)
+    configs = {m: runs.config_hash(config_file(args, m), data + list(student_schedule))
+               for m in methods}
     return {"pair": args.pair, "teacher": teacher.output_dir, "overrides": list(args.overrides),
             "configs": configs, "calibration": args.calibration}
 
@@ -733,7 +746,8 @@ def main(argv=None):
 
     bottom_up = pretrained_bottom_up(args)
     teacher = runs.teacher_run(args.teacher_cache,
-                               schedule(args.teacher_iter) + extra + student_score
+                               list(pair.overrides) + schedule(args.teacher_iter) + extra
+                               + student_score
                                + start_from(bottom_up, distilled=False),
                                config_file=runs.config_path(pair.teacher, pair.folder),
                                task=task.evaluation)

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from mkd.data import GENERATORS, builtin_root
+from mkd.data import GENERATOR_SEEDS, GENERATORS, builtin_root
 
 
 def parse_args(argv=None):
@@ -20,8 +20,8 @@ def parse_args(argv=None):
         "--dataset",
         choices=list(GENERATORS),
         default="shapes",
-        help="shapes: the CPU proxy of configs/shapes/; digits: its harder variant, of "
-        "configs/builtin/ (default: shapes)",
+        help="shapes: the CPU proxy of configs/shapes/; shapes_seed1: its second instance "
+        "(generator seed 1); digits: its harder variant, of configs/builtin/ (default: shapes)",
     )
     parser.add_argument(
         "--root",
@@ -29,7 +29,9 @@ def parse_args(argv=None):
         help="output directory (default: mkd_<dataset> under $MKD_DATASETS, else under "
         "$DETECTRON2_DATASETS, else under ./datasets: where training looks for it)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="same seed, same bytes (default: the dataset's, 0 but for "
+                        "shapes_seed1)")
     for option, constant in (("--num-train", "DEFAULT_NUM_TRAIN"),
                              ("--num-val", "DEFAULT_NUM_VAL"),
                              ("--image-size", "DEFAULT_IMAGE_SIZE")):
@@ -42,6 +44,8 @@ def parse_args(argv=None):
     )
     args = parser.parse_args(argv)
     generator = GENERATORS[args.dataset]
+    if args.seed is None:
+        args.seed = GENERATOR_SEEDS.get(args.dataset, 0)
     args.root = args.root or builtin_root(args.dataset)
     for name in ("num_train", "num_val", "image_size"):
         if getattr(args, name) is None:

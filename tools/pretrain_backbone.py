@@ -25,11 +25,12 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.layers import ROIAlign
@@ -160,10 +161,11 @@ def accuracy(classifier, crops, labels, batch_size: int) -> float:
 
 
 def pretrain(config_file: str, settings: Settings, output_root: str = DEFAULT_OUTPUT_ROOT,
-             link: str = "") -> str:
-    """Pretrains (or finds in the cache) the bottom-up of ``config_file``'s detector; returns
-    the checkpoint's path, after pointing ``link`` (``""``: the default name) at it."""
-    cfg = LazyConfig.load(config_file)
+             link: str = "", overrides: Sequence[str] = ()) -> str:
+    """Pretrains (or finds in the cache) the bottom-up of ``config_file``'s detector (with
+    ``overrides``, e.g. other train data); returns the checkpoint's path, after pointing
+    ``link`` (``""``: the default name) at it."""
+    cfg = runs.load_config(config_file, overrides)
     names = train_dataset_names(cfg)
     model = instantiate(cfg.model)
     if not hasattr(model, "num_classes"):
@@ -251,10 +253,12 @@ def main(argv=None):
                         "<output-root>/<dataset>_R<depth>.pth)")
     for name, default in asdict(Settings()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    parser.add_argument("overrides", nargs="*", help="path.key=value, e.g. "
+                        "dataloader.train.dataset.names=mkd_shapes_seed1_train")
     args = parser.parse_args(argv)
     setup_logger(name="mkd.pretrain")
     settings = Settings(**{k: getattr(args, k) for k in asdict(Settings())})
-    print(pretrain(args.config_file, settings, args.output_root, args.link))
+    print(pretrain(args.config_file, settings, args.output_root, args.link, args.overrides))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The built-in datasets: generated COCO-format instance datasets, registered with Detectron2.
 
 Importing this package registers `mkd_shapes_{train,val}` (the CPU proxy),
+`mkd_shapes_seed1_{train,val}` (its second instance, generated from another seed),
 `mkd_digits_{train,val}` (a harder variant) and the shapes' per-pixel labels,
 `mkd_shapes_sem_seg_{train,val}` (semantic.py); images and labels are generated only when a
 dataset is first loaded (or by `tools/make_dataset.py`), which needs the `builtin` extra (scipy,
@@ -8,6 +9,7 @@ scikit-learn, scikit-image); registering and training on generated data do not.
 """
 from .builtin import (
     BUILTIN_DATASETS,
+    GENERATOR_SEEDS,
     GENERATORS,
     SEM_SEG_DATASETS,
     builtin_root,
@@ -31,6 +33,7 @@ from .synthetic import (
 __all__ = [
     "BUILTIN_DATASETS",
     "GENERATORS",
+    "GENERATOR_SEEDS",
     "SEM_SEG_DATASETS",
     "CATEGORY_NAMES",
     "DEFAULT_IMAGE_SIZE",

@@ -23,7 +23,11 @@ logger = logging.getLogger(__name__)
 
 # Generator module of each built-in dataset: its CATEGORY_NAMES, DEFAULT_* sizes,
 # GENERATOR_VERSION and generate_split. Dataset `key` registers as mkd_<key>_{train,val}.
-GENERATORS = {"shapes": shapes, "digits": synthetic}
+# "shapes_seed1" is a second instance of the shapes proxy (same generator, another seed): a
+# verdict on one instance may hold for that dataset only.
+GENERATORS = {"shapes": shapes, "digits": synthetic, "shapes_seed1": shapes}
+# The generator seed of each built-in dataset (0 where not listed).
+GENERATOR_SEEDS = {"shapes_seed1": 1}
 BUILTIN_DATASETS = {f"mkd_{key}_{split}": (key, split) for key in GENERATORS for split in SPLITS}
 # Built-in datasets that also register per-pixel labels, as mkd_<key>_sem_seg_{train,val}.
 SEM_SEG_DATASETS = ("shapes",)
@@ -68,10 +72,11 @@ def register_builtin(root=None, dataset="digits"):
                                   functools.partial(ensure_builtin_dataset, root, dataset=dataset))
 
 
-def ensure_builtin_dataset(root=None, seed=0, dataset="digits"):
-    """Generate the default splits of `dataset` that are missing under `root`; a no-op when both
-    exist."""
+def ensure_builtin_dataset(root=None, seed=None, dataset="digits"):
+    """Generate the default splits of `dataset` that are missing under `root` (from `seed`,
+    default the dataset's own, `GENERATOR_SEEDS`); a no-op when both exist."""
     generator = _generator(dataset)
+    seed = GENERATOR_SEEDS.get(dataset, 0) if seed is None else seed
     root = root or builtin_root(dataset)
     sizes = {"train": generator.DEFAULT_NUM_TRAIN, "val": generator.DEFAULT_NUM_VAL}
     for split, num_images in sizes.items():
