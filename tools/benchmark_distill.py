@@ -624,7 +624,9 @@ def load_factors(args, teacher, student_schedule: Sequence[str]) -> Dict[str, fl
         raise SystemExit(f"seeds {shared} chose the weights ({path}) and cannot also report "
                          f"them: give --seeds without {tuned['tuning_seeds']}")
     factors = {m: float(f) for m, f in tuned["factors"].items()}
-    untuned = [m for m in args.methods if m in LOSS_WEIGHTS and m not in factors]
+    rows = ({"mkd"} | {ablation(name)[0] for name in args.ablations} if args.ablations
+            else set(args.methods))
+    untuned = sorted(m for m in rows if m in LOSS_WEIGHTS and m not in factors)
     if untuned:
         raise SystemExit(f"{path} has no tuned weights for {untuned}: run --tune --methods "
                          f"{' '.join(untuned)} with this command's options first")
