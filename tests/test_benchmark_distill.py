@@ -206,6 +206,9 @@ def test_a_later_tune_extends_the_grid_and_keeps_other_methods(tmp_path, monkeyp
                               []) == {"mimic": 9.0, "mkd": 1.0}
     with pytest.raises(SystemExit, match=r"no tuned weights for \['mgd'\]"):
         bench.load_factors(bench.parse_args(common + ["--ablations", "mgd-grad-x1"]), teacher, [])
+    # on the tuning seeds, where experiments belong (the table refuses them: above).
+    assert bench.load_factors(bench.parse_args(common[:-1] + ["100", "--ablations", "tokens-8"]),
+                              teacher, []) == {"mimic": 9.0, "mkd": 1.0}
     # Other tuning seeds start a new grid.
     tuned = tune(["mkd"], ["3"], {"mkd x3": 25}, ["--tune-seeds", "100"])
     assert tuned["factors"] == {"mkd": 3.0}

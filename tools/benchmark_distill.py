@@ -619,8 +619,9 @@ def load_factors(args, teacher, student_schedule: Sequence[str]) -> Dict[str, fl
         raise SystemExit(f"{path} was tuned for {tuned['context']}, this command is {context}: "
                          "rerun --tune with this command's options and configs (finished runs "
                          "are reused), or give this command the tuned options")
+    # Ablations are experiments, which belong on the tuning seeds; the table reports.
     shared = sorted(set(tuned["tuning_seeds"]) & set(args.seeds))
-    if shared:
+    if shared and not args.ablations:
         raise SystemExit(f"seeds {shared} chose the weights ({path}) and cannot also report "
                          f"them: give --seeds without {tuned['tuning_seeds']}")
     factors = {m: float(f) for m, f in tuned["factors"].items()}
