@@ -338,3 +338,37 @@ def test_residual_adapter_adds_a_per_position_1x1_path_to_the_decoder_output():
         assert conv.kernel_size == (1, 1) and (conv.in_channels, conv.out_channels) == (8, 12)
         torch.testing.assert_close(b[level], a[level] + conv(x))
     assert plain.residual is None
+
+
+def test_student_gradient_scale_scales_only_the_gradient_into_the_student():
+    """Same losses, same gradients for the decoder and the global loss's blocks; the student's
+    features get ``student_gradient_scale`` times their gradient."""
+    shapes = {"p3": ShapeSpec(channels=8, stride=8), "p4": ShapeSpec(channels=8, stride=16)}
+    teacher_shapes = {k: ShapeSpec(channels=12, stride=v.stride) for k, v in shapes.items()}
+    mask = PatchMasker(patch_size=32, mask_ratio=0.5)([(64, 64)], [0], step=0)
+    student = _features(8, 64, 64, levels={"p3": 8, "p4": 16})
+    teacher = _features(12, 64, 64, levels={"p3": 8, "p4": 16})
+    results = []
+    for scale in (1.0, 3.0):
+        torch.manual_seed(0)
+        distiller = MKDDistiller(decoder=MKDDecoder(width=16, depth=1, num_heads=2, patch_size=32),
+                                 feature_loss=FeatureLoss(), global_loss=GlobalLoss(),
+                                 student_gradient_scale=scale).build(shapes, teacher_shapes)
+        inputs = {k: v.clone().requires_grad_() for k, v in student.items()}
+        with EventStorage(0):
+            losses = distiller(inputs, teacher, DistillContext(image_size=(64, 64), mask=mask))
+        sum(losses.values()).backward()
+        results.append((losses, {k: v.grad for k, v in inputs.items()},
+                        {n: p.grad.clone() for n, p in distiller.named_parameters()
+                         if p.grad is not None}))
+    (losses, into_student, own), (scaled_losses, scaled_into_student, scaled_own) = results
+    for key, value in losses.items():
+        torch.testing.assert_close(scaled_losses[key], value)
+    for level, grad in into_student.items():
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(scaled_into_student[level], 3.0 * grad)
+    assert own.keys() == scaled_own.keys() and own
+    for name, grad in own.items():
+        torch.testing.assert_close(scaled_own[name], grad)
+    with pytest.raises(ValueError, match="student_gradient_scale=-1 must be >= 0"):
+        MKDDistiller(decoder=MKDDecoder(), feature_loss=FeatureLoss(), student_gradient_scale=-1)

@@ -117,8 +117,10 @@ def test_the_masked_pass_and_decoder_options_reach_the_model(yamls):
     tmp_path, _ = yamls
     model = build_model(mkd_cfg(tmp_path, STUDENT_CONFIG=str(tmp_path / "student.yaml"),
                                 MASKED_NORM_STATISTICS="batch", TOKEN_STRIDE=16,
-                                RESIDUAL_ADAPTER=True, SAM_NORM=True))
+                                RESIDUAL_ADAPTER=True, SAM_NORM=True,
+                                STUDENT_GRADIENT_SCALE=3.0))
     assert model.masked_norm_statistics == "batch"
+    assert model.distiller.student_gradient_scale == 3.0
     decoder = model.distiller.decoder
     assert decoder.token_stride == 16 and set(decoder.residual) == set(model.levels)
     assert set(decoder.sam_norm) == set(model.levels)
@@ -127,3 +129,4 @@ def test_the_masked_pass_and_decoder_options_reach_the_model(yamls):
     assert defaults.distiller.decoder.token_stride == 32
     assert defaults.distiller.decoder.residual is None
     assert defaults.distiller.decoder.sam_norm is None
+    assert defaults.distiller.student_gradient_scale == 1.0

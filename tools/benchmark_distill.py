@@ -201,6 +201,11 @@ ABLATIONS = {
     # too (x3 of its calibrated weight 2.0); equal budget extends both.
     "mkd-grad-x9": ["model.distiller.feature_weight=44.5", "model.distiller.global_weight=44.5"],
     "mimic-x9": ("mimic", ["model.distiller.weight=18.0"]),
+    # E8, the gradient the decoder passes back: the student pulled as at x3 or x1/3 of the
+    # table's MKD weights while the decoder and the losses stay at them (this project's knob).
+    # The weights set both the student's pull and the decoder's pace; these rows part them.
+    "student-gradient-x3": ["model.distiller.student_gradient_scale=3.0"],
+    "student-gradient-x0.33": ["model.distiller.student_gradient_scale=0.333"],
     # E6, the coarse levels: per-channel standardisation over a 2x2 P6 leaves a target of signs
     # and a 1x1 P7 none at all, yet P6 sent most of the feature loss's gradient. Standardise
     # each position over its channels instead, or distil P3-P5 only.

@@ -62,6 +62,8 @@ def add_mkd_config(cfg: CN) -> CN:
     m.POSITIONS = "all"
     m.FEATURE_WEIGHT = 1.0
     m.GLOBAL_WEIGHT = 1.0  # 0 disables the global loss
+    # This project's variant: the decoder's gradient into the student times this factor.
+    m.STUDENT_GRADIENT_SCALE = 1.0
     m.GLOBAL_NORMALIZE = "image"
     m.GLOBAL_REDUCTION = "mean"
     return cfg
@@ -136,6 +138,7 @@ def mkd_kwargs_from_yacs(cfg: CN) -> dict:
                          if m.GLOBAL_WEIGHT > 0 else None),
             feature_weight=m.FEATURE_WEIGHT,
             global_weight=m.GLOBAL_WEIGHT,
+            student_gradient_scale=m.STUDENT_GRADIENT_SCALE,
         ),
         masker=PatchMasker(patch_size=m.PATCH_SIZE, mask_ratio=m.MASK_RATIO, seed=m.SEED),
         levels=list(m.LEVELS) or None,

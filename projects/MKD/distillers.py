@@ -17,7 +17,23 @@ from .decoder import MKDDecoder
 from .losses import FeatureLoss, GlobalLoss, spatial_correlation
 from .masking import PatchMask
 
-__all__ = ["DistillContext", "FeatureDistiller", "MKDDistiller"]
+__all__ = ["DistillContext", "FeatureDistiller", "MKDDistiller", "scale_gradient"]
+
+
+class _ScaleGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged, its gradient times ``scale`` on the way back."""
+    return x if scale == 1.0 else _ScaleGradient.apply(x, scale)
 
 
 @dataclass
@@ -112,7 +128,12 @@ class MKDDistiller(FeatureDistiller):
 
     Logs (``log_period``) each loss per level and ``distill/<level>/r``: how well the decoder
     reconstructs the teacher (``spatial_correlation``: 1 exact, 0 unrelated), for levels whose
-    maps have more than one position."""
+    maps have more than one position.
+
+    ``student_gradient_scale`` multiplies the gradient the decoder sends back into the student
+    (the losses and the decoder's own gradients are unchanged): how hard the student is pulled,
+    apart from how fast the decoder learns, which the loss weights set together. 1 is the
+    paper's; other values are this project's variant."""
 
     masks_student_input = True
     adapts_channels = True
@@ -125,6 +146,7 @@ class MKDDistiller(FeatureDistiller):
         global_loss: Optional[GlobalLoss] = None,
         feature_weight: float = 1.0,
         global_weight: float = 1.0,
+        student_gradient_scale: float = 1.0,
         log_period: int = 20,
     ):
         super().__init__(log_period)
@@ -133,6 +155,10 @@ class MKDDistiller(FeatureDistiller):
                 f"loss weights must be >= 0, got feature_weight={feature_weight}, "
                 f"global_weight={global_weight}"
             )
+        if student_gradient_scale < 0:
+            raise ValueError(f"student_gradient_scale={student_gradient_scale} must be >= 0 (1 "
+                             "leaves the gradient into the student unchanged)")
+        self.student_gradient_scale = student_gradient_scale
         self.decoder = decoder
         self.feature_loss = feature_loss
         self.global_loss = global_loss
@@ -150,6 +176,7 @@ class MKDDistiller(FeatureDistiller):
     def forward(self, student, teacher, context):
         if context.mask is None:
             raise ValueError("MKDDistiller needs the student's patch mask (a masker)")
+        student = {k: scale_gradient(v, self.student_gradient_scale) for k, v in student.items()}
         reconstructed = self.decoder(student, context.mask)
         hidden = None
         if self.feature_loss.positions == "hidden":
