@@ -1,4 +1,3 @@
-import importlib
 import json
 import math
 import os
@@ -341,7 +340,8 @@ def test_segmentation_pair_pretrains_the_detector_that_has_its_bottom_up(tmp_pat
     pair = bench.PAIRS["shapes_seg"]
     pretrain_backbone = load_tool("pretrain_backbone")
     monkeypatch.setitem(sys.modules, "pretrain_backbone", pretrain_backbone)
-    monkeypatch.setattr(pretrain_backbone, "pretrain", lambda config, settings, root: config)
+    monkeypatch.setattr(pretrain_backbone, "pretrain",
+                        lambda config, settings, root, overrides=(): config)
     args = bench.parse_args(["--task", "sem_seg", "--pretrained", "--smoke", "--seeds", "0",
                              "--methods", "none", "mkd", "--output-dir", str(tmp_path)])
     detector = bench.pretrained_bottom_up(args)
@@ -740,8 +740,9 @@ def test_the_second_instance_pair_trains_every_run_on_its_own_data(tmp_path, mon
     """--pair shapes_seed1: the shapes configs with the data of generator seed 1 in the
     teacher's, the students' and the pretraining's configs; other runs than the shapes pair's."""
     pretrained, launched = [], []
-    # The modules benchmark_distill imports (tools/ on sys.path), not load_tool's copies.
-    monkeypatch.setattr(importlib.import_module("pretrain_backbone"), "pretrain",
+    pretrain_backbone = load_tool("pretrain_backbone")
+    monkeypatch.setitem(sys.modules, "pretrain_backbone", pretrain_backbone)
+    monkeypatch.setattr(pretrain_backbone, "pretrain",
                         lambda config, settings, root, overrides=(): pretrained.append(
                             (config, list(overrides))) or str(tmp_path / "bottom_up.pth"))
 
