@@ -5,6 +5,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.utils.events import EventStorage
+from omegaconf import OmegaConf
 
 import tiny
 from mkd import (
@@ -372,3 +373,14 @@ def test_student_gradient_scale_scales_only_the_gradient_into_the_student():
         torch.testing.assert_close(scaled_own[name], grad)
     with pytest.raises(ValueError, match="student_gradient_scale=-1 must be >= 0"):
         MKDDistiller(decoder=MKDDecoder(), feature_loss=FeatureLoss(), student_gradient_scale=-1)
+
+
+def test_the_fine_token_variant_is_mkd_with_8_pixel_tokens_and_nothing_else():
+    shapes = Path(__file__).resolve().parents[1] / "configs" / "shapes"
+    base, variant = (LazyConfig.load(str(shapes / name)) for name in ("mkd.py", "mkd_tokens8.py"))
+    assert variant.model.distiller.decoder.token_stride == 8
+    assert base.model.distiller.decoder.token_stride is None
+    for cfg in (base, variant):
+        cfg.model.distiller.decoder.token_stride = None
+        cfg.train.output_dir = ""
+    assert OmegaConf.to_container(variant) == OmegaConf.to_container(base)
