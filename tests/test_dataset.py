@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 
 import mkd.data
 from mkd.data import builtin as builtin_module
-from mkd.data import synthetic
+from mkd.data import shapes, synthetic
 from mkd.data import (
     builtin_root,
     check_datasets_available,
@@ -36,11 +36,12 @@ def load_json(path):
         return json.load(f)
 
 
-def shrink_default_splits(monkeypatch):
-    """Make the digits generated on first use 3 + 2 images of 64 px."""
+def shrink_default_splits(monkeypatch, generator=synthetic):
+    """Make the datasets of ``generator`` (default: the digits) generated on first use 3 + 2
+    images of 64 px."""
     for name, value in [("DEFAULT_NUM_TRAIN", 3), ("DEFAULT_NUM_VAL", 2),
                         ("DEFAULT_IMAGE_SIZE", 64)]:
-        monkeypatch.setattr(synthetic, name, value)
+        monkeypatch.setattr(generator, name, value)
 
 
 @pytest.fixture(scope="module")
@@ -300,15 +301,10 @@ def test_unknown_dataset_name_says_how_to_register():
         check_datasets_available(["no_such_dataset"])
 
 
-
 def test_the_second_shapes_instance_is_the_shapes_generator_at_seed_1(tmp_path, monkeypatch):
     """mkd_shapes_seed1_* registers beside mkd_shapes_*, in its own folder, and is generated
     from generator seed 1: another draw of the same distribution, not the same images."""
-    from mkd.data import shapes
-
-    for name, value in [("DEFAULT_NUM_TRAIN", 2), ("DEFAULT_NUM_VAL", 1),
-                        ("DEFAULT_IMAGE_SIZE", 64)]:
-        monkeypatch.setattr(shapes, name, value)
+    shrink_default_splits(monkeypatch, shapes)
     assert {"mkd_shapes_seed1_train", "mkd_shapes_seed1_val"} <= set(DatasetCatalog.list())
     assert MetadataCatalog.get("mkd_shapes_seed1_train").thing_classes == shapes.CATEGORY_NAMES
     monkeypatch.setenv("MKD_DATASETS", str(tmp_path))

@@ -25,9 +25,10 @@ method can be tuned until its best lies inside its grid. ``--calibration gradien
 centres every method's grid instead on the weights that give it the task's gradient at the
 student's FPN outputs at initialisation (``--probe``'s factors, from ``calibration.json``).
 The table uses those factors (without the file: the calibrated weights, with a warning) on
-``--seeds``, which must be other seeds. It reports mean ± std of box AP (mIoU), the standard error of each method's difference
-from none, the share of the teacher-student gap closed, the time per iteration relative to none,
-the mean curves as a PNG, and the issue's targets met or missed.
+``--seeds``, which must be other seeds. It reports mean ± std of box AP (mIoU), the standard
+error of each method's difference from none, the share of the teacher-student gap closed, the
+time per iteration relative to none, the mean curves as a PNG, and the issue's targets met or
+missed.
 
 ``--ablations [NAME ...]`` trains MKD's variants of ``ABLATIONS`` (and the controls there that
 vary another method) beside none and MKD (the table's runs: same weights, same cache) and
@@ -53,7 +54,7 @@ import json
 import math
 import os
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import runs  # tools/runs.py: this script's directory is on sys.path
@@ -105,13 +106,6 @@ PAIRS = {
     "shapes": Pair("shapes", "shapes", "teacher", {
         "none": "student", "mimic": "mimic", "fgd": "fgd", "fgd_recipe": "fgd_recipe",
         "mgd": "mgd", "mkd": "mkd"}, pretrained=True),
-    # The second instance of the proxy: the same configs on the shapes regenerated from another
-    # generator seed, with its own pretrained bottom-up and teacher.
-    "shapes_seed1": Pair("shapes_seed1", "shapes", "teacher", {
-        "none": "student", "mimic": "mimic", "fgd": "fgd", "fgd_recipe": "fgd_recipe",
-        "mgd": "mgd", "mkd": "mkd"}, pretrained=True, overrides=(
-            "dataloader.train.dataset.names=mkd_shapes_seed1_train",
-            "dataloader.test.dataset.names=mkd_shapes_seed1_val")),
     "digits": Pair("digits", "builtin", "retinanet_R50_scratch", {
         "none": "retinanet_R18_scratch", "mimic": "retinanet_R50_to_R18_mimic",
         "fgd": "retinanet_R50_to_R18_fgd", "mgd": "retinanet_R50_to_R18_mgd",
@@ -124,6 +118,11 @@ PAIRS = {
         "none": "student", "mimic": "mimic", "mgd": "mgd", "mkd": "mkd"}, pretrained=True,
         task="sem_seg", pretraining_config="shapes/student"),
 }
+# The second instance of the proxy: the shapes pair's configs on the shapes regenerated from
+# another generator seed, with its own pretrained bottom-up and teacher.
+PAIRS["shapes_seed1"] = replace(PAIRS["shapes"], dataset="shapes_seed1", overrides=(
+    "dataloader.train.dataset.names=mkd_shapes_seed1_train",
+    "dataloader.test.dataset.names=mkd_shapes_seed1_val"))
 METHODS = ["none", "mimic", "fgd", "fgd_recipe", "mgd", "mkd"]
 #: Every loss weight of a tuned method: the tuning factor multiplies them all (keeps their balance).
 LOSS_WEIGHTS = {

@@ -91,8 +91,8 @@ class Run:
             return True
         if not os.path.isfile(os.path.join(self.output_dir, "model_final.pth")):
             return False
-        evaluations = self.evaluations()
-        trained = _trained_steps(read_metrics(self.output_dir))
+        metrics = read_metrics(self.output_dir)
+        evaluations, trained = self._evaluations(metrics), _trained_steps(metrics)
         return bool(evaluations) and (trained is None or evaluations[-1]["iteration"] >= trained)
 
     @property
@@ -108,7 +108,9 @@ class Run:
     def evaluations(self) -> List[Dict]:
         """Every evaluation of the run's task: ``{"iteration": i, "AP": ..., ...}`` (the
         ``TASK_METRICS`` of its task), ``i`` the number of iterations trained when it ran."""
-        metrics = read_metrics(self.output_dir)
+        return self._evaluations(read_metrics(self.output_dir))
+
+    def _evaluations(self, metrics: List[Dict]) -> List[Dict]:
         # Detectron2 stores a periodic evaluation at the index of the step just done, and the
         # final one (EvalHook.after_train) at max_iter, one past the last step's index.
         trained = _trained_steps(metrics)
