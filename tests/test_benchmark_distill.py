@@ -767,3 +767,62 @@ def test_the_second_instance_pair_trains_every_run_on_its_own_data(tmp_path, mon
     shapes = bench.student_runs(args, bench.table_rows(args, {}), teacher, [], [])
     assert {r.output_dir for r in students}.isdisjoint(
         r.output_dir for seed_runs in shapes.values() for r in seed_runs)
+
+
+def test_the_r50_teacher_pair_starts_its_teacher_from_the_teachers_own_pretrained_bottom_up(
+        tmp_path, monkeypatch):
+    """--pair shapes_r50: the bottom-up pretrained for the R50 teacher's config starts the
+    teacher, the R18 student's starts every student; both are pretrained on the same data."""
+    pretrained, launched = [], []
+    pretrain_backbone = load_tool("pretrain_backbone")
+    monkeypatch.setitem(sys.modules, "pretrain_backbone", pretrain_backbone)
+
+    def pretrain(config, settings, root, overrides=()):
+        pretrained.append(config)
+        return str(tmp_path / f"{Path(config).parent.name}_{Path(config).stem}.pth")
+
+    monkeypatch.setattr(pretrain_backbone, "pretrain", pretrain)
+
+    def launch(todo, **kwargs):  # made-up scores instead of training
+        for run in todo:
+            launched.append(run)
+            _fake_run(run, 40.0)
+
+    monkeypatch.setattr(bench.runs, "launch", launch)
+    bench.main(["--output-dir", str(tmp_path), "--teacher-cache", str(tmp_path / "teachers"),
+                "--methods", "none", "mimic", "mkd", "--seeds", "0", "--pair", "shapes_r50"])
+    assert sorted(pretrained) == sorted([runs.config_path("student", "shapes_r50"),
+                                         runs.config_path("teacher", "shapes_r50")])
+    teacher, *students = launched
+    assert _weight(teacher, "train.init_checkpoint") == str(tmp_path / "shapes_r50_teacher.pth")
+    assert _weight(teacher, "model.backbone.bottom_up.stages.depth") == 50
+    student_bottom_up = str(tmp_path / "shapes_r50_student.pth")
+    assert [_weight(r, "train.init_checkpoint" if r.name.startswith("none") else
+                    "model.student_weights") for r in students] == [student_bottom_up] * 3
+    for run in students[1:]:
+        assert _weight(run, "model.teacher.backbone.bottom_up.stages.depth") == 50
+        assert _weight(run, "model.teacher_weights") == f"{teacher.output_dir}/model_final.pth"
+
+
+def test_the_r50_teacher_pairs_configs_are_the_shapes_configs_with_only_the_teacher_replaced():
+    """Its rows compare with the shapes pair's: same student, data, schedule and distillers.
+    The R50 teacher's FPN has the student's channels, so every distiller's adapter fits both."""
+    teacher = LazyConfig.load(runs.config_path("teacher", "shapes_r50"))
+    assert teacher.model.backbone.bottom_up.stages.depth == 50
+    student = _shapes_config("student").model
+    assert teacher.model.backbone.out_channels == student.backbone.out_channels
+    assert OmegaConf.to_yaml(teacher.dataloader) == OmegaConf.to_yaml(
+        _shapes_config("teacher").dataloader)
+    assert teacher.train.init_checkpoint == "./output/pretrained/shapes_R50.pth"
+    for name in bench.PAIRS["shapes_r50"].methods.values():
+        cfg = LazyConfig.load(runs.config_path(name, "shapes_r50"))
+        reference = _shapes_config(name)
+        assert cfg.train.pop("output_dir") == f"./output/shapes_r50/{name}"
+        reference.train.pop("output_dir")
+        if name != "student":
+            assert cfg.model.teacher == teacher.model
+            assert cfg.model.pop("teacher_weights") == "./output/shapes_r50/teacher/model_final.pth"
+            del cfg.model.teacher, reference.model.teacher, reference.model.teacher_weights
+        assert sorted(cfg) == sorted(reference), name
+        for part in cfg:
+            assert OmegaConf.to_yaml(cfg[part]) == OmegaConf.to_yaml(reference[part]), (name, part)

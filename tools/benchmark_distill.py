@@ -100,6 +100,9 @@ class Pair:
     pretraining_config: str = ""
     # Applied to every run of the pair (teacher, students, pretraining): e.g. other data.
     overrides: Tuple[str, ...] = ()
+    # A teacher of another bottom-up than the student's: the detector (<folder>/<name>) whose
+    # pretrained bottom-up it starts from; "": it starts from the student's.
+    teacher_pretraining_config: str = ""
 
 
 PAIRS = {
@@ -123,6 +126,11 @@ PAIRS = {
 PAIRS["shapes_seed1"] = replace(PAIRS["shapes"], dataset="shapes_seed1", overrides=(
     "dataloader.train.dataset.names=mkd_shapes_seed1_train",
     "dataloader.test.dataset.names=mkd_shapes_seed1_val"))
+# A teacher of another architecture (R50 into R18, as the published comparisons distil a larger
+# backbone), from its own pretrained bottom-up; FGD's recipe (student from teacher) cannot apply.
+PAIRS["shapes_r50"] = Pair("shapes", "shapes_r50", "teacher", {
+    "none": "student", "mimic": "mimic", "fgd": "fgd", "mgd": "mgd", "mkd": "mkd"},
+    pretrained=True, teacher_pretraining_config="shapes_r50/teacher")
 METHODS = ["none", "mimic", "fgd", "fgd_recipe", "mgd", "mkd"]
 #: Every loss weight of a tuned method: the tuning factor multiplies them all (keeps their balance).
 LOSS_WEIGHTS = {
@@ -396,10 +404,10 @@ def ablation_rows(args, factors: Dict[str, float]) -> List[Row]:
     return rows
 
 
-def pretrained_bottom_up(args) -> str:
-    """The checkpoint of ``tools/pretrain_backbone.py`` for the pair's student (trained now if
-    not in its cache; ``--smoke``: a tiny one in ``--output-dir``), ``""`` without
-    ``args.pretrained``."""
+def pretrained_bottom_up(args, detector: str = "") -> str:
+    """The checkpoint of ``tools/pretrain_backbone.py`` for the bottom-up of ``detector``
+    (``<folder>/<name>``; ``""``: the pair's student's), trained now if not in its cache
+    (``--smoke``: a tiny one in ``--output-dir``); ``""`` without ``args.pretrained``."""
     if not args.pretrained:
         return ""
     import pretrain_backbone
@@ -411,7 +419,7 @@ def pretrained_bottom_up(args) -> str:
             else os.path.abspath(pretrain_backbone.DEFAULT_OUTPUT_ROOT))
     print(f"[benchmark] the pretrained bottom-up (tools/pretrain_backbone.py) in {root}",
           flush=True)
-    detector = PAIRS[args.pair].pretraining_config
+    detector = detector or PAIRS[args.pair].pretraining_config
     if detector:
         folder, name = detector.split("/")
         config = runs.config_path(name, folder)
@@ -752,10 +760,12 @@ def main(argv=None):
         return runs.schedule(iterations, evaluations) if iterations else []
 
     bottom_up = pretrained_bottom_up(args)
+    teacher_bottom_up = (pretrained_bottom_up(args, pair.teacher_pretraining_config)
+                         if pair.teacher_pretraining_config else bottom_up)
     teacher = runs.teacher_run(args.teacher_cache,
                                list(pair.overrides) + schedule(args.teacher_iter) + extra
                                + student_score
-                               + start_from(bottom_up, distilled=False),
+                               + start_from(teacher_bottom_up, distilled=False),
                                config_file=runs.config_path(pair.teacher, pair.folder),
                                task=task.evaluation)
     if teacher.finished:

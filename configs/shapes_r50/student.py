@@ -1,0 +1,10 @@
+"""The undistilled student of the R50-teacher pair: the shapes proxy's student, unchanged."""
+from ..shapes.student import (  # noqa: F401  a LazyConfig is its globals
+    dataloader,
+    lr_multiplier,
+    model,
+    optimizer,
+    train,
+)
+
+train.output_dir = "./output/shapes_r50/student"
