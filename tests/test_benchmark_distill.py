@@ -448,7 +448,7 @@ def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_table_mkd(t
         "decoder-depth-0", "residual-adapter", "distiller-adamw", "mkd-grad-x1", "mkd-grad-x3",
         "mkd-grad-x9", "feature-norm-layernorm", "levels-p3-p5", "student-gradient-x3",
         "student-gradient-x0.33", "sam-norm", "decoder-width-256", "levels-per-sequence",
-        *controls}
+        "mask-patch-16", *controls}
     for name in ("none", "mkd"):
         assert [r.output_dir for r in ablations[name]] == [r.output_dir for r in methods[name]]
     methods.update(plan(["--methods", "mimic", "mgd"], lambda a: bench.table_rows(a, factors)))

@@ -230,6 +230,10 @@ ABLATIONS = {
     "decoder-width-256": ["model.distiller.decoder.width=256",
                           "model.distiller.decoder.num_heads=8"],
     "levels-per-sequence": ["model.distiller.decoder.one_sequence=False"],
+    # E9, context to reconstruct from: 16-pixel patches hide less of each 15-51 px shape, so
+    # more of what is hidden follows from what is visible (tokens follow the patch: compare
+    # tokens-16, the same token grid under 32-pixel patches).
+    "mask-patch-16": ["model.masker.patch_size=16"],
 }
 SMOKE_ITER = 5  # Detectron2 times iterations after the third
 # A five-iteration teacher has unsettled BN statistics: its raw P6/P7 features reach hundreds,
