@@ -827,3 +827,41 @@ def test_the_r50_teacher_pairs_configs_are_the_shapes_configs_with_only_the_teac
         assert sorted(cfg) == sorted(reference), name
         for part in cfg:
             assert OmegaConf.to_yaml(cfg[part]) == OmegaConf.to_yaml(reference[part]), (name, part)
+
+
+def test_factors_from_another_pair_apply_its_tuned_weights_unchanged(tmp_path, monkeypatch):
+    """A second instance is judged with the weights chosen on the first: --factors-from takes
+    the shapes pair's tuned_factors.json, checked against the options that tuned it; the table
+    on shapes_seed1 then trains MKD at those weights, on its own data."""
+    monkeypatch.setattr(bench, "pretrained_bottom_up",
+                        lambda args, detector="": str(tmp_path / "bottom_up.pth"))
+    launched = []
+
+    def launch(todo, **kwargs):  # made-up scores instead of training
+        for run in todo:
+            launched.append(run)
+            _fake_run(run, 40.0)
+
+    monkeypatch.setattr(bench.runs, "launch", launch)
+    shapes = tmp_path / "shapes"
+    common = ["--teacher-cache", str(tmp_path / "teachers"), "--methods", "none", "mkd"]
+    bench.main(common + ["--output-dir", str(shapes), "--tune", "--grid", "3"])
+    assert json.loads((shapes / bench.TUNING_FILE).read_text())["factors"] == {"mkd": 3.0}
+
+    launched.clear()
+    second = common + ["--pair", "shapes_seed1", "--output-dir", str(tmp_path / "seed1"),
+                       "--seeds", "0"]
+    bench.main(second + ["--factors-from", str(shapes)])
+    teacher, none, mkd = launched
+    calibrated = OmegaConf.select(runs.load_config(mkd.config_file, []),
+                                  "model.distiller.feature_weight")
+    assert _weight(mkd, "model.distiller.feature_weight") == pytest.approx(3 * calibrated)
+    for run in launched:
+        assert _weight(run, "dataloader.train.dataset.names") == "mkd_shapes_seed1_train"
+
+    with pytest.raises(SystemExit, match="was tuned for"):  # another schedule than tuned
+        bench.main(second + ["--factors-from", str(shapes), "--student-iter", "7"])
+    with pytest.raises(SystemExit, match="no tuned_factors.json"):
+        bench.main(second + ["--factors-from", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit):
+        bench.parse_args(second + ["--factors-from", str(shapes), "--tune"])

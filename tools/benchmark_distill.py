@@ -301,6 +301,10 @@ def parse_args(argv=None):
     parser.add_argument("--grid", nargs="+", type=float, default=list(FACTORS), metavar="F",
                         help="--tune's factors on each method's x1; added to those already in "
                              f"{TUNING_FILE} for the same options (default: {FACTORS})")
+    parser.add_argument("--factors-from", metavar="DIR",
+                        help=f"the table takes the weights tuned in another benchmark directory "
+                             f"(its {TUNING_FILE}), unchanged: another instance of the proxy "
+                             "judged with the weights chosen on the first")
     parser.add_argument("--calibration", choices=["loss", "gradient"], default="loss",
                         help="the x1 of the --tune grid: the configs' weights (loss: every "
                              "method at MKD's initial loss ratio), or those scaled to an initial "
@@ -312,6 +316,9 @@ def parse_args(argv=None):
         parser.error(f"the {args.pair} pair is a {PAIRS[args.pair].task} pair, not {args.task}: "
                      f"drop --task, or choose a {args.task} pair ("
                      + ", ".join(n for n, p in PAIRS.items() if p.task == args.task) + ")")
+    if args.factors_from and (args.tune or args.probe):
+        parser.error("--factors-from gives the table another directory's tuned weights: drop it "
+                     "to --tune or --probe this pair")
     args.pair = args.pair or TASKS[args.task or "detection"].default_pair
     pair = PAIRS[args.pair]
     args.task = pair.task
@@ -627,8 +634,13 @@ def tune(args, planned, rows: Sequence[Row], teacher, student_schedule,
 
 
 def load_factors(args, teacher, student_schedule: Sequence[str]) -> Dict[str, float]:
-    """The tuned factors of ``--tune`` (checked to fit this command), else x1 with a warning."""
-    path = os.path.join(args.output_dir, TUNING_FILE)
+    """The tuned factors of ``--tune`` (checked to fit this command; ``--factors-from``:
+    another directory's, checked to fit the command that tuned them but for its pair and
+    teacher), else x1 with a warning."""
+    path = os.path.join(args.factors_from or args.output_dir, TUNING_FILE)
+    if args.factors_from and not os.path.isfile(path):
+        raise SystemExit(f"--factors-from {args.factors_from}: no {TUNING_FILE} there; run "
+                         "--tune in that directory first")
     if not os.path.isfile(path):
         print(f"[benchmark] WARNING: no {path}: every method keeps its calibrated weights (x1), "
               "without the equal tuning budget. Run the same command with --tune first.",
@@ -636,7 +648,14 @@ def load_factors(args, teacher, student_schedule: Sequence[str]) -> Dict[str, fl
         return {}
     with open(path) as f:
         tuned = json.load(f)
-    context = tuning_context(args, teacher, student_schedule)
+    if args.factors_from:  # the options and configs as tuned, on the pair and teacher tuned on
+        origin = argparse.Namespace(**{**vars(args), "pair": tuned["context"]["pair"]})
+        context = tuning_context(origin, argparse.Namespace(output_dir=tuned["context"]["teacher"]),
+                                 student_schedule)
+        print(f"[benchmark] the weights tuned on the {origin.pair} pair, applied unchanged to "
+              f"the {args.pair} pair", flush=True)
+    else:
+        context = tuning_context(args, teacher, student_schedule)
     if tuned["context"] != context:
         raise SystemExit(f"{path} was tuned for {tuned['context']}, this command is {context}: "
                          "rerun --tune with this command's options and configs (finished runs "
