@@ -770,9 +770,9 @@ def test_the_second_instance_pair_trains_every_run_on_its_own_data(tmp_path, mon
         r.output_dir for seed_runs in shapes.values() for r in seed_runs)
 
 
-def test_the_r50_teacher_pair_starts_its_teacher_from_the_teachers_own_pretrained_bottom_up(
+def test_the_r34_teacher_pair_starts_its_teacher_from_the_teachers_own_pretrained_bottom_up(
         tmp_path, monkeypatch):
-    """--pair shapes_r50: the bottom-up pretrained for the R50 teacher's config starts the
+    """--pair shapes_r34: the bottom-up pretrained for the R34 teacher's config starts the
     teacher, the R18 student's starts every student; both are pretrained on the same data."""
     pretrained, launched = [], []
     pretrain_backbone = load_tool("pretrain_backbone")
@@ -791,38 +791,42 @@ def test_the_r50_teacher_pair_starts_its_teacher_from_the_teachers_own_pretraine
 
     monkeypatch.setattr(bench.runs, "launch", launch)
     bench.main(["--output-dir", str(tmp_path), "--teacher-cache", str(tmp_path / "teachers"),
-                "--methods", "none", "mimic", "mkd", "--seeds", "0", "--pair", "shapes_r50"])
-    assert sorted(pretrained) == sorted([runs.config_path("student", "shapes_r50"),
-                                         runs.config_path("teacher", "shapes_r50")])
+                "--methods", "none", "mimic", "mkd", "--seeds", "0", "--pair", "shapes_r34"])
+    assert sorted(pretrained) == sorted([runs.config_path("student", "shapes_r34"),
+                                         runs.config_path("teacher", "shapes_r34")])
     teacher, *students = launched
-    assert _weight(teacher, "train.init_checkpoint") == str(tmp_path / "shapes_r50_teacher.pth")
-    assert _weight(teacher, "model.backbone.bottom_up.stages.depth") == 50
-    student_bottom_up = str(tmp_path / "shapes_r50_student.pth")
+    assert _weight(teacher, "train.init_checkpoint") == str(tmp_path / "shapes_r34_teacher.pth")
+    assert _weight(teacher, "model.backbone.bottom_up.stages.depth") == 34
+    student_bottom_up = str(tmp_path / "shapes_r34_student.pth")
     assert [_weight(r, "train.init_checkpoint" if r.name.startswith("none") else
                     "model.student_weights") for r in students] == [student_bottom_up] * 3
     for run in students[1:]:
-        assert _weight(run, "model.teacher.backbone.bottom_up.stages.depth") == 50
+        assert _weight(run, "model.teacher.backbone.bottom_up.stages.depth") == 34
         assert _weight(run, "model.teacher_weights") == f"{teacher.output_dir}/model_final.pth"
 
 
-def test_the_r50_teacher_pairs_configs_are_the_shapes_configs_with_only_the_teacher_replaced():
+def test_the_r34_teacher_pairs_configs_are_the_shapes_configs_with_only_the_teacher_replaced():
     """Its rows compare with the shapes pair's: same student, data, schedule and distillers.
-    The R50 teacher's FPN has the student's channels, so every distiller's adapter fits both."""
-    teacher = LazyConfig.load(runs.config_path("teacher", "shapes_r50"))
-    assert teacher.model.backbone.bottom_up.stages.depth == 50
-    student = _shapes_config("student").model
-    assert teacher.model.backbone.out_channels == student.backbone.out_channels
-    assert OmegaConf.to_yaml(teacher.dataloader) == OmegaConf.to_yaml(
-        _shapes_config("teacher").dataloader)
-    assert teacher.train.init_checkpoint == "./output/pretrained/shapes_R50.pth"
-    for name in bench.PAIRS["shapes_r50"].methods.values():
-        cfg = LazyConfig.load(runs.config_path(name, "shapes_r50"))
+    Its teacher is the R18 teacher with a deeper bottom-up (the same FPN channels, so every
+    distiller's adapter fits both), its own pretrained start and a longer schedule."""
+    teacher = LazyConfig.load(runs.config_path("teacher", "shapes_r34"))
+    r18 = _shapes_config("teacher")
+    deeper = LazyConfig.load(runs.config_path("teacher", "shapes_r34")).model
+    assert deeper.backbone.bottom_up.stages.depth == 34
+    deeper.backbone.bottom_up.stages.depth = 18
+    assert OmegaConf.to_yaml(deeper) == OmegaConf.to_yaml(r18.model)
+    for part in ("dataloader", "optimizer", "lr_multiplier"):
+        assert OmegaConf.to_yaml(teacher[part]) == OmegaConf.to_yaml(r18[part]), part
+    assert teacher.train.init_checkpoint == "./output/pretrained/shapes_R34.pth"
+    assert teacher.train.max_iter == 2 * r18.train.max_iter
+    for name in bench.PAIRS["shapes_r34"].methods.values():
+        cfg = LazyConfig.load(runs.config_path(name, "shapes_r34"))
         reference = _shapes_config(name)
-        assert cfg.train.pop("output_dir") == f"./output/shapes_r50/{name}"
+        assert cfg.train.pop("output_dir") == f"./output/shapes_r34/{name}"
         reference.train.pop("output_dir")
         if name != "student":
             assert cfg.model.teacher == teacher.model
-            assert cfg.model.pop("teacher_weights") == "./output/shapes_r50/teacher/model_final.pth"
+            assert cfg.model.pop("teacher_weights") == "./output/shapes_r34/teacher/model_final.pth"
             del cfg.model.teacher, reference.model.teacher, reference.model.teacher_weights
         assert sorted(cfg) == sorted(reference), name
         for part in cfg:

@@ -126,11 +126,11 @@ PAIRS = {
 PAIRS["shapes_seed1"] = replace(PAIRS["shapes"], dataset="shapes_seed1", overrides=(
     "dataloader.train.dataset.names=mkd_shapes_seed1_train",
     "dataloader.test.dataset.names=mkd_shapes_seed1_val"))
-# A teacher of another architecture (R50 into R18, as the published comparisons distil a larger
-# backbone), from its own pretrained bottom-up; FGD's recipe (student from teacher) cannot apply.
-PAIRS["shapes_r50"] = Pair("shapes", "shapes_r50", "teacher", {
+# A deeper teacher (R34 into R18, as the published comparisons distil R101 into R50), from its
+# own pretrained bottom-up; FGD's recipe (student from teacher) cannot apply.
+PAIRS["shapes_r34"] = Pair("shapes", "shapes_r34", "teacher", {
     "none": "student", "mimic": "mimic", "fgd": "fgd", "mgd": "mgd", "mkd": "mkd"},
-    pretrained=True, teacher_pretraining_config="shapes_r50/teacher")
+    pretrained=True, teacher_pretraining_config="shapes_r34/teacher")
 METHODS = ["none", "mimic", "fgd", "fgd_recipe", "mgd", "mkd"]
 #: Every loss weight of a tuned method: the tuning factor multiplies them all (keeps their balance).
 LOSS_WEIGHTS = {

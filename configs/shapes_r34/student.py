@@ -1,4 +1,4 @@
-"""The undistilled student of the R50-teacher pair: the shapes proxy's student, unchanged."""
+"""The undistilled student of the R34-teacher pair: the shapes proxy's student, unchanged."""
 from ..shapes.student import (  # noqa: F401  a LazyConfig is its globals
     dataloader,
     lr_multiplier,
@@ -7,4 +7,4 @@ from ..shapes.student import (  # noqa: F401  a LazyConfig is its globals
     train,
 )
 
-train.output_dir = "./output/shapes_r50/student"
+train.output_dir = "./output/shapes_r34/student"

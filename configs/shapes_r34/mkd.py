@@ -1,9 +1,9 @@
-"""MKD on the shapes proxy with the R50 teacher (``teacher.py``): ``configs/shapes/mkd.py``
-with only the teacher changed (its FPN has the student's 128 channels and strides)."""
+"""MKD on the shapes proxy with the R34 teacher (``teacher.py``): ``configs/shapes/mkd.py``
+with only the teacher changed (an R34-FPN with the student's 128 channels and strides)."""
 from ..shapes.mkd import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 from .teacher import model as _teacher
 from .teacher import train as _teacher_train
 
 model.teacher = _teacher
 model.teacher_weights = _teacher_train.output_dir + "/model_final.pth"
-train.output_dir = "./output/shapes_r50/mkd"
+train.output_dir = "./output/shapes_r34/mkd"
