@@ -1,5 +1,6 @@
-"""Feature mimicking on the shapes proxy with the R34 teacher (``teacher.py``): ``configs/shapes/mimic.py``
-with only the teacher changed (an R34-FPN with the student's 128 channels and strides)."""
+"""Feature mimicking on the shapes proxy with the R34 teacher (``teacher.py``):
+``configs/shapes/mimic.py`` with only the teacher changed (an R34-FPN with the student's 128
+channels and strides)."""
 from ..shapes.mimic import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 from .teacher import model as _teacher
 from .teacher import train as _teacher_train
