@@ -154,8 +154,8 @@ def test_tuning_chooses_on_tuning_seeds_only_and_the_table_uses_its_factors(tmp_
 
     # An edited student recipe (here: the teacher's, 600 iterations) invalidates the tuning.
     config_file = bench.config_file
-    monkeypatch.setattr(bench, "config_file", lambda args, method: runs.config_path(
-        "teacher", "shapes") if method == "none" else config_file(args, method))
+    monkeypatch.setattr(bench, "config_file", lambda args, method, pair="": runs.config_path(
+        "teacher", "shapes") if method == "none" else config_file(args, method, pair))
     with pytest.raises(SystemExit, match=r"was tuned for .* rerun --tune"):
         bench.load_factors(args, teacher, [])
     # So does another student schedule.

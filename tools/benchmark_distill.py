@@ -338,8 +338,9 @@ def parse_args(argv=None):
     return args
 
 
-def config_file(args, method: str) -> str:
-    pair = PAIRS[args.pair]
+def config_file(args, method: str, pair: str = "") -> str:
+    """The config of ``method``'s row in ``pair`` (``""``: the command's pair)."""
+    pair = PAIRS[pair or args.pair]
     return runs.config_path(pair.methods[method], pair.folder)
 
 
@@ -574,15 +575,15 @@ def choose_factors(mean_score: Dict[str, Dict[float, float]],
             for method, by_factor in mean_score.items()}
 
 
-def tuning_context(args, teacher, student_schedule: Sequence[str]) -> Dict:
+def tuning_context(args, pair: str, teacher_dir: str, student_schedule: Sequence[str]) -> Dict:
     """What the tuned factors are valid for: the same pair, teacher and overrides, and the same
     configs (hashes) of the student and each tuned method at ``student_schedule``: an edited
     recipe, or another schedule, needs a new tuning."""
-    methods = [m for m in PAIRS[args.pair].methods if m == "none" or m in LOSS_WEIGHTS]
-    data = list(PAIRS[args.pair].overrides)
-    configs = {m: runs.config_hash(config_file(args, m), data + list(student_schedule))
+    methods = [m for m in PAIRS[pair].methods if m == "none" or m in LOSS_WEIGHTS]
+    data = list(PAIRS[pair].overrides)
+    configs = {m: runs.config_hash(config_file(args, m, pair), data + list(student_schedule))
                for m in methods}
-    return {"pair": args.pair, "teacher": teacher.output_dir, "overrides": list(args.overrides),
+    return {"pair": pair, "teacher": teacher_dir, "overrides": list(args.overrides),
             "configs": configs, "calibration": args.calibration}
 
 
@@ -608,7 +609,7 @@ def tune(args, planned, rows: Sequence[Row], teacher, student_schedule,
     returns this command's grid as a table."""
     metric = TASKS[args.task].metric
     path = os.path.join(args.output_dir, TUNING_FILE)
-    context = tuning_context(args, teacher, student_schedule)
+    context = tuning_context(args, args.pair, teacher.output_dir, student_schedule)
     factor_of = {row.name: (row.method, row.factor) for row in rows}
     mean_score = earlier_grid(path, context, args.tune_seeds, metric)
     for name, seed_runs in planned.items():
@@ -649,13 +650,12 @@ def load_factors(args, teacher, student_schedule: Sequence[str]) -> Dict[str, fl
     with open(path) as f:
         tuned = json.load(f)
     if args.factors_from:  # the options and configs as tuned, on the pair and teacher tuned on
-        origin = argparse.Namespace(**{**vars(args), "pair": tuned["context"]["pair"]})
-        context = tuning_context(origin, argparse.Namespace(output_dir=tuned["context"]["teacher"]),
-                                 student_schedule)
-        print(f"[benchmark] the weights tuned on the {origin.pair} pair, applied unchanged to "
-              f"the {args.pair} pair", flush=True)
+        origin = tuned["context"]["pair"]
+        context = tuning_context(args, origin, tuned["context"]["teacher"], student_schedule)
+        print(f"[benchmark] the weights tuned on the {origin} pair, applied unchanged to the "
+              f"{args.pair} pair", flush=True)
     else:
-        context = tuning_context(args, teacher, student_schedule)
+        context = tuning_context(args, args.pair, teacher.output_dir, student_schedule)
     if tuned["context"] != context:
         raise SystemExit(f"{path} was tuned for {tuned['context']}, this command is {context}: "
                          "rerun --tune with this command's options and configs (finished runs "
