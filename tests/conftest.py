@@ -8,7 +8,7 @@ import pytest
 from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser
 
-import mkd.data
+import mkd_bench.datasets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,8 +53,8 @@ def train_net_setup(config, output_dir, overrides, resume=False, eval_only=False
 def tiny_digits(tmp_path_factory):
     """mkd_digits_{train,val} on 8 + 4 generated images; the previous registration is restored."""
     root = str(tmp_path_factory.mktemp("mkd_digits"))
-    mkd.data.generate_dataset(root, num_train=8, num_val=4, image_size=128, workers=1)
+    mkd_bench.datasets.generate_dataset(root, num_train=8, num_val=4, image_size=128, workers=1)
     previous = MetadataCatalog.get("mkd_digits_train").dataset_root
-    mkd.data.register_builtin(root)
+    mkd_bench.datasets.register_builtin(root)
     yield root
-    mkd.data.register_builtin(previous)
+    mkd_bench.datasets.register_builtin(previous)

@@ -57,10 +57,10 @@ from detectron2.utils.events import get_event_storage
 from omegaconf import OmegaConf
 from torch import nn
 
-import mkd.data
+import mkd_bench.datasets
 import tiny
 from mkd import MKD, PatchMasker
-from mkd.overrides import apply_known_overrides
+from mkd.engine.overrides import apply_known_overrides
 from test_meta_arch import mkd_distiller
 
 MKD_CONFIG = REPO / "configs" / "builtin" / "retinanet_R18_to_R18_mkd.py"
@@ -285,7 +285,7 @@ def test_dataset_without_objects(coco_dataset, previous_run, crowd):
     # One image with an object is enough (the check is not stricter than Detectron2).
     annotations.append({"id": 2, "image_id": 2, "category_id": 1, "bbox": [4, 4, 20, 20],
                         "area": 400, "iscrowd": 0})
-    mkd.data.check_training_data([coco_dataset(IMAGES, annotations)])
+    mkd_bench.datasets.check_training_data([coco_dataset(IMAGES, annotations)])
 
 
 def test_builtin_dataset_root_not_writable(tmp_path, previous_run):
@@ -293,14 +293,14 @@ def test_builtin_dataset_root_not_writable(tmp_path, previous_run):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     previous = MetadataCatalog.get("mkd_shapes_train").dataset_root
-    mkd.data.register_builtin(str(blocker / "mkd_shapes"), dataset="shapes")
+    mkd_bench.datasets.register_builtin(str(blocker / "mkd_shapes"), dataset="shapes")
     output, before = previous_run
     try:
         with pytest.raises(PermissionError, match=r"dataset root \S+mkd_shapes' is not writable"
                                                   r".*set MKD_DATASETS\) to a writable directory"):
             run(REPO / "configs" / "shapes" / "student.py", output)
     finally:
-        mkd.data.register_builtin(previous, dataset="shapes")
+        mkd_bench.datasets.register_builtin(previous, dataset="shapes")
     assert_no_checkpoint_written(output, before)
     assert blocker.read_text() == "not a directory"
 
@@ -342,7 +342,7 @@ def test_overrides_that_add_known_keys():
     assert OmegaConf.select(cfg, "dataloader.train.dataset.filter_empty") is None
     cfg = apply_known_overrides(cfg, [
         "dataloader.train.dataset.filter_empty=False", "train.seed=3",
-        "train.precise_bn.enabled=True", f"{bottom_up}._target_=mkd.scratch.ScratchResNet",
+        "train.precise_bn.enabled=True", f"{bottom_up}._target_=mkd.modeling.backbone.ScratchResNet",
         f"{bottom_up}.zero_init_residual=False", "+train.my_note=added",
     ], "cfg.py")
     assert cfg.dataloader.train.dataset.filter_empty is False and cfg.train.seed == 3
@@ -352,7 +352,7 @@ def test_overrides_that_add_known_keys():
     with pytest.raises(KeyError, match=r"zero_init_residual', which cfg\.py does not have"):
         apply_known_overrides(LazyConfig.load(str(MKD_CONFIG)), [
             f"{bottom_up}.zero_init_residual=False",
-            f"{bottom_up}._target_=mkd.scratch.ScratchResNet"], "cfg.py")
+            f"{bottom_up}._target_=mkd.modeling.backbone.ScratchResNet"], "cfg.py")
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from mkd import DistillContext
-from mkd.baselines import (
+from mkd.modeling.distillers import (
     FGDDistiller, MGDDistiller, MimicDistiller, fgd_attention, fgd_foreground_masks, mgd_keep_mask,
 )
 import tiny

@@ -13,10 +13,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from pycocotools.coco import COCO
 
-import mkd.data
-from mkd.data import builtin as builtin_module
-from mkd.data import shapes, synthetic
-from mkd.data import (
+import mkd_bench.datasets
+from mkd_bench.datasets import builtin as builtin_module
+from mkd_bench.datasets import shapes, synthetic
+from mkd_bench.datasets import (
     builtin_root,
     check_datasets_available,
     ensure_builtin_dataset,

@@ -12,8 +12,8 @@ from mkd import (
     DistillContext, FeatureDistiller, FeatureLoss, GcBlock, GlobalLoss, MKDDecoder, MKDDistiller,
     PatchMasker,
 )
-from mkd.decoder import _sincos_position_embedding
-from mkd.losses import normalize_features
+from mkd.modeling.decoder import _sincos_position_embedding
+from mkd.modeling.losses import normalize_features
 from test_meta_arch import make_mkd
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "configs" / "common" / "mkd.py"

@@ -7,7 +7,7 @@ from detectron2.config import LazyConfig
 from detectron2.data import MetadataCatalog
 from omegaconf import OmegaConf
 
-import mkd.data
+import mkd_bench.datasets
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def shapes_registration(monkeypatch):
     monkeypatch.delenv("MKD_DATASETS", raising=False)
     previous = MetadataCatalog.get("mkd_shapes_train").dataset_root
     yield
-    mkd.data.register_builtin(previous, dataset="shapes")
+    mkd_bench.datasets.register_builtin(previous, dataset="shapes")
 
 
 @pytest.mark.slow

@@ -9,10 +9,10 @@ from detectron2.engine import SimpleTrainer, hooks
 from detectron2.utils.events import EventStorage, JSONWriter
 from torch import nn
 
-import mkd.distillers
+import mkd.modeling.distillers
 import tiny
 from mkd import FeatureLoss, GlobalLoss, MKDDistiller, PatchMasker
-from mkd.losses import spatial_correlation
+from mkd.modeling.losses import spatial_correlation
 from test_baselines import DISTILLERS, build, context, features
 from test_meta_arch import make_mkd, mkd_distiller
 
@@ -70,7 +70,7 @@ def test_logging_changes_no_loss_and_off_iterations_compute_no_correlation(tmp_p
     def refuse(*args):
         raise AssertionError("the correlation was computed on an iteration that does not log")
 
-    monkeypatch.setattr(mkd.distillers, "spatial_correlation", refuse)
+    monkeypatch.setattr(mkd.modeling.distillers, "spatial_correlation", refuse)
     model.distiller.log_period = 20
     with EventStorage(19):
         model(batch)

@@ -14,7 +14,7 @@ from detectron2.utils.events import EventStorage
 
 import tiny
 from mkd import MKD, FeatureLoss, GlobalLoss, MKDDecoder, MKDDistiller, PatchMasker
-from mkd.masking import MaskedConvolutions
+from mkd.modeling.masking import MaskedConvolutions
 
 FCOS = "COCO-Detection/fcos_R_50_FPN_1x.py"
 CASCADE = "common/models/cascade_rcnn.py"

@@ -25,7 +25,7 @@ from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import default_argument_parser
 
 import tiny
-from mkd.resume import (
+from mkd.engine.resume import (
     AtomicCheckpointer,
     LossNormalizers,
     ResumableTrainingSampler,

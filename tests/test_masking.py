@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import tiny
-from mkd.masking import MaskedConvolutions, PatchMasker
+from mkd.modeling.masking import MaskedConvolutions, PatchMasker
 from test_meta_arch import make_mkd
 
 
@@ -200,7 +200,7 @@ def test_masked_features_equal_explicit_reference(depth):
 
 
 def test_an_image_without_an_id_is_keyed_by_its_file_name_then_by_its_position():
-    from mkd.meta_arch import image_key
+    from mkd.modeling.meta_arch import image_key
 
     by_name = [image_key({"file_name": f"/data/{n}.png"}, 0) for n in ("a", "b")]
     assert by_name[0] != by_name[1]  # different images, same position: different masks

@@ -10,7 +10,7 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 import tiny
-from mkd import MKD, FeatureLoss, GlobalLoss, MKDDecoder, MKDDistiller, PatchMasker
+from mkd import MKD, FeatureDistillation, FeatureLoss, GlobalLoss, MKDDecoder, MKDDistiller, PatchMasker
 from mkd.weights import student_state_dict
 
 
@@ -270,7 +270,7 @@ def test_builds_from_the_yacs_registry(tmp_path):
     cfg.MODEL.MKD.DECODER_WIDTH = 32
     cfg.MODEL.MKD.DECODER_HEADS = 4
     model = build_model(cfg)
-    assert isinstance(model, MKD) and model.teacher_loaded
+    assert isinstance(model, FeatureDistillation) and model.teacher_loaded
     assert model.levels == ["p3", "p4", "p5", "p6", "p7"]
 
 

@@ -13,8 +13,8 @@ from detectron2.structures import BoxMode
 from PIL import Image
 
 from mkd import load_verified_weights
-from mkd.data import register_builtin, split_paths
-from mkd.data.shapes import generate_dataset
+from mkd_bench.datasets import register_builtin, split_paths
+from mkd_bench.datasets.shapes import generate_dataset
 
 pretrain_backbone = load_tool("pretrain_backbone")
 STUDENT = str(REPO / "configs" / "shapes" / "student.py")

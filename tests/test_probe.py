@@ -1,4 +1,4 @@
-"""The probe of any distillation config (mkd.probe, tools/probe_distillation.py): loss and
+"""The probe of any distillation config (mkd_bench.probe, tools/probe_distillation.py): loss and
 gradient ratios at initialisation, the losses the benchmark's calibration reads, refused
 overrides."""
 import copy
@@ -10,9 +10,9 @@ from conftest import REPO, load_tool
 from detectron2.config import LazyConfig, instantiate
 from detectron2.utils.events import EventStorage
 
-import mkd.probe
+import mkd_bench.probe
 import tiny
-from mkd.baselines import MimicDistiller
+from mkd.modeling.distillers import MimicDistiller
 from test_meta_arch import make_mkd
 
 tool = load_tool("probe_distillation")
@@ -81,7 +81,7 @@ def test_gradient_norms_are_those_of_each_losss_own_backward(tmp_path):
     batch = tiny.batch()
     model = copy.deepcopy(initial)  # a forward updates RetinaNet's loss normaliser
     with EventStorage(0):
-        measured = mkd.probe.gradient_ratio(model, batch)
+        measured = mkd_bench.probe.gradient_ratio(model, batch)
     assert all(p.grad is None for p in model.parameters())
     for name in ("task", "distillation"):
         model = copy.deepcopy(initial)
@@ -104,4 +104,4 @@ def test_refuses_an_unknown_override_before_building_anything(teacher_weights):
 
 def test_refuses_a_model_that_does_not_distil(tmp_path):
     with EventStorage(0), pytest.raises(ValueError, match="the model must be MKD"):
-        mkd.probe.gradient_ratio(tiny.build(), tiny.batch())
+        mkd_bench.probe.gradient_ratio(tiny.build(), tiny.batch())

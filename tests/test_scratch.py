@@ -3,7 +3,7 @@ import torch
 from detectron2.config import instantiate
 from detectron2.modeling.backbone.resnet import ResNet
 
-from mkd.scratch import ScratchResNet
+from mkd.modeling.backbone import ScratchResNet
 from tiny import model_config
 
 

@@ -23,8 +23,9 @@ from scipy import ndimage
 import tiny
 from conftest import REPO, load_tool, train_net, train_net_setup
 from mkd import MKD
-from mkd.baselines import MGDDistiller, MimicDistiller
-from mkd.data import check_datasets_available, register_builtin, semantic, shapes, split_paths
+from mkd.modeling.distillers import MGDDistiller, MimicDistiller
+from mkd.engine.datasets import check_datasets_available
+from mkd_bench.datasets import register_builtin, semantic, shapes, split_paths
 from test_families import check_step_and_eval, make_mkd
 
 SEMANTIC_FPN = str(REPO / "configs/common/models/semantic_fpn.py")

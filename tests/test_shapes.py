@@ -13,8 +13,8 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from pycocotools.coco import COCO
 
-from mkd.data import register_builtin, shapes, split_paths
-from mkd.data.shapes import CATEGORY_NAMES, generate_dataset, generate_split
+from mkd_bench.datasets import register_builtin, shapes, split_paths
+from mkd_bench.datasets.shapes import CATEGORY_NAMES, generate_dataset, generate_split
 
 TINY = dict(num_train=6, num_val=3, image_size=96)
 
@@ -133,7 +133,7 @@ for name in {blocked!r}:
     sys.modules[name] = None  # any import of it raises ImportError
 import mkd
 from detectron2.data import DatasetCatalog
-from mkd.data import register_builtin, shapes
+from mkd_bench.datasets import register_builtin, shapes
 register_builtin({registered_shapes!r}, dataset="shapes")
 print(len(DatasetCatalog.get("mkd_shapes_val")))
 try:

@@ -4,7 +4,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.solver import LRMultiplier, get_default_optimizer_params
 
 import tiny
-from mkd.overrides import apply_known_overrides
+from mkd.engine.overrides import apply_known_overrides
 from mkd.solver import distillation_param_groups
 from test_meta_arch import make_mkd, train_step
 

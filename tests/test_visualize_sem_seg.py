@@ -8,7 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from conftest import load_tool
-from mkd.data import shapes
+from mkd_bench.datasets import shapes
 from test_sem_seg import SHAPES_SEG, shapes_root  # noqa: F401  (fixture: 6 + 3 shapes images)
 
 vis = load_tool("visualize_sem_seg")

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from mkd.data import GENERATOR_SEEDS, GENERATORS, builtin_root
+from mkd_bench.datasets import GENERATOR_SEEDS, GENERATORS, builtin_root
 
 
 def parse_args(argv=None):

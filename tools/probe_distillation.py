@@ -3,7 +3,7 @@
 with the teacher loaded and no update, on the first ``--batches`` training batches, the
 distillation-to-task ratios of the losses and of the gradients both send into the student (at
 its FPN outputs and its bottom-up parameters). For any MKD, mimic, FGD or MGD LazyConfig
-(``mkd.probe``); a ratio far from the one a tuned config starts at says to rescale its weights.
+(``mkd_bench.probe``); a ratio far from the one a tuned config starts at says to rescale its weights.
 
     python tools/probe_distillation.py --config-file configs/coco/retinanet_R101_to_R50_mkd_2x.py \\
         --batches 4 model.teacher_weights=<teacher .pkl/.pth> [path.key=value ...]
@@ -17,10 +17,10 @@ import json
 from detectron2.config import LazyConfig
 from omegaconf import OmegaConf
 
-from mkd.data import check_training_data
-from mkd.overrides import apply_known_overrides
-from mkd.probe import probe
-from train_net import dataset_names  # tools/: this script's directory is on sys.path
+from mkd.engine.datasets import check_training_data
+from mkd.engine.overrides import apply_known_overrides
+from mkd_bench.probe import probe
+from mkd.engine.train import dataset_names
 
 
 def parse_args(argv=None):

@@ -9,7 +9,7 @@ terms start at about 12x the task loss here (4.32 / 0.36).
 """
 from detectron2.config import LazyCall as L
 
-from mkd.baselines import FGDDistiller
+from mkd.modeling.distillers import FGDDistiller
 
 from .retinanet_R50_to_R18_mkd import dataloader, lr_multiplier, model, optimizer, train
 

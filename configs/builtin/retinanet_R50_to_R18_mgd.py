@@ -6,7 +6,7 @@ ratio at its spec defaults (``tools/benchmark_distill.py --probe 4``; see the FG
 """
 from detectron2.config import LazyCall as L
 
-from mkd.baselines import MGDDistiller
+from mkd.modeling.distillers import MGDDistiller
 
 from .retinanet_R50_to_R18_mkd import dataloader, lr_multiplier, model, optimizer, train
 

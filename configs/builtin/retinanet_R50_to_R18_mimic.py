@@ -6,7 +6,7 @@ loss is 4.3x the task loss, MKD's ratio at its spec defaults (``benchmark_distil
 """
 from detectron2.config import LazyCall as L
 
-from mkd.baselines import MimicDistiller
+from mkd.modeling.distillers import MimicDistiller
 
 from .retinanet_R50_to_R18_mkd import dataloader, lr_multiplier, model, optimizer, train
 

@@ -5,7 +5,7 @@ weights: alpha 1e-3, beta 5e-4, gamma 5e-4, lambda 5e-6, temperature 0.5
 student's neck and head from the teacher's: add ``model.init_student_from_teacher=True``."""
 from detectron2.config import LazyCall as L
 
-from mkd.baselines import FGDDistiller
+from mkd.modeling.distillers import FGDDistiller
 
 from .retinanet_R101_to_R50_mkd_2x import (  # noqa: F401
     dataloader, lr_multiplier, model, optimizer, train,

@@ -3,7 +3,7 @@ RetinaNet weights: alpha 2e-5, feature mask ratio 0.65 (``mkd.baselines.MGDDisti
 teacher, student, data and schedule of ``retinanet_R101_to_R50_mkd_2x.py``, no input masking."""
 from detectron2.config import LazyCall as L
 
-from mkd.baselines import MGDDistiller
+from mkd.modeling.distillers import MGDDistiller
 
 from .retinanet_R101_to_R50_mkd_2x import (  # noqa: F401
     dataloader, lr_multiplier, model, optimizer, train,

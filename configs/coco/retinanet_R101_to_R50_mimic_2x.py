@@ -4,7 +4,7 @@ schedule) with MKD's masking and decoder replaced by a 1x1 adapter and the norma
 the class default, 1.0 (the shapes benchmark calibrates and tunes it, docs/benchmark.md)."""
 from detectron2.config import LazyCall as L
 
-from mkd.baselines import MimicDistiller
+from mkd.modeling.distillers import MimicDistiller
 
 from .retinanet_R101_to_R50_mkd_2x import (  # noqa: F401
     dataloader, lr_multiplier, model, optimizer, train,

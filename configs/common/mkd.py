@@ -8,9 +8,9 @@ all positions, and a clean pass for the task loss.
 """
 from detectron2.config import LazyCall as L
 
-from mkd import MKD, FeatureLoss, GlobalLoss, MKDDecoder, MKDDistiller, PatchMasker
+from mkd import FeatureDistillation, FeatureLoss, GlobalLoss, MKDDecoder, MKDDistiller, PatchMasker
 
-model = L(MKD)(
+model = L(FeatureDistillation)(
     teacher=None,  # an ordinary Detectron2 model config, e.g. model_zoo's RetinaNet
     student=None,
     teacher_weights=None,  # Detectron2 .pkl/.pth of the teacher; verified when loaded

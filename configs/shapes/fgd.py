@@ -10,7 +10,7 @@ published scale itself, x1.0, is the calibrated one on this pair). FGD's own rec
 """
 from detectron2.config import LazyCall as L
 
-from mkd.baselines import FGDDistiller
+from mkd.modeling.distillers import FGDDistiller
 
 from .mkd import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 

@@ -7,7 +7,7 @@ initial distillation-to-task ratio, 2.4x (``tools/benchmark_distill.py --probe 4
 """
 from detectron2.config import LazyCall as L
 
-from mkd.baselines import MGDDistiller
+from mkd.modeling.distillers import MGDDistiller
 
 from .mkd import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 

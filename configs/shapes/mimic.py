@@ -7,7 +7,7 @@ distillation loss is 2.4x the task loss, MKD's ratio at its defaults (``tools/be
 """
 from detectron2.config import LazyCall as L
 
-from mkd.baselines import MimicDistiller
+from mkd.modeling.distillers import MimicDistiller
 
 from .mkd import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 

@@ -7,7 +7,7 @@ distillation-to-task ratio is 0.12 against MKD's 0.22 (factor 1.74 to MKD's).
 """
 from detectron2.config import LazyCall as L
 
-from mkd.baselines import MGDDistiller
+from mkd.modeling.distillers import MGDDistiller
 
 from .mkd import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 

@@ -7,7 +7,7 @@ initial distillation-to-task ratio is 0.29 against MKD's 0.22 (factor 0.75 to MK
 """
 from detectron2.config import LazyCall as L
 
-from mkd.baselines import MimicDistiller
+from mkd.modeling.distillers import MimicDistiller
 
 from .mkd import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 

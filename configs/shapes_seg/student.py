@@ -20,7 +20,7 @@ model.backbone.norm = "GN"
 model.backbone.out_channels = 128
 model.sem_seg_head.conv_dims = 128
 model.sem_seg_head.num_classes = 9  # background + CATEGORY_NAMES
-model.sem_seg_head.ignore_value = 255  # mkd.data.semantic.IGNORE_LABEL
+model.sem_seg_head.ignore_value = 255  # mkd_bench.datasets.semantic.IGNORE_LABEL
 
 train.max_iter = 200
 train.eval_period = 100

@@ -6,7 +6,10 @@ import detectron2.data.transforms as T
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 
-import mkd.data  # noqa: F401  registers mkd_digits_train / mkd_digits_val
+from mkd_bench.datasets import register_all
+
+# The built-in datasets (mkd_digits_*, mkd_shapes_*) register with the config that reads them.
+register_all()
 
 dataloader = model_zoo.get_config("common/data/coco.py").dataloader
 

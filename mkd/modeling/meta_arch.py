@@ -13,9 +13,9 @@ from torch import nn
 
 from .distillers import DistillContext, FeatureDistiller
 from .masking import NORM_STATISTICS, MaskedConvolutions, PatchMasker
-from .weights import copy_matching_weights, load_verified_weights
+from ..weights import copy_matching_weights, load_verified_weights
 
-__all__ = ["MKD", "image_key"]
+__all__ = ["FeatureDistillation", "MKD", "image_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +123,9 @@ def _frozen_norm_statistics(module: nn.Module):
 
 
 @META_ARCH_REGISTRY.register()
-class MKD(nn.Module):
-    """Masked Knowledge Distillation around any two Detectron2 FPN models.
+class FeatureDistillation(nn.Module):
+    """Feature distillation around any two Detectron2 FPN models: Masked Knowledge Distillation
+    with ``MKDDistiller``, or another distiller of the same interface.
 
     ``teacher`` and ``student`` are ordinary Detectron2 models with an FPN-style ``backbone``
     (RetinaNet, FCOS, GeneralizedRCNN with any ROI heads, SemanticSegmentor, ViTDet). The
@@ -191,7 +192,7 @@ class MKD(nn.Module):
                              "into the student, but the teacher has no weights: set "
                              "model.teacher_weights, or init_student_from_teacher=False")
         if distiller.masks_student_input and masker is None:
-            raise ValueError(f"{type(distiller).__name__} masks the student: give MKD a masker")
+            raise ValueError(f"{type(distiller).__name__} masks the student: give the model a masker")
         if not distiller.masks_student_input and masker is not None:
             raise ValueError(f"{type(distiller).__name__} does not mask the student: masker "
                              "must be None")
@@ -392,3 +393,9 @@ def image_key(batched_input: Dict, index: int) -> int:
     if isinstance(image_id, int):
         return image_id
     return zlib.crc32(str(image_id).encode())
+
+
+@META_ARCH_REGISTRY.register()
+class MKD(FeatureDistillation):
+    """The name that saved LazyConfigs (``_target_: mkd.MKD``) and yacs configs
+    (``META_ARCHITECTURE: MKD``) use: the same meta-architecture."""

@@ -21,10 +21,10 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from .decoder import MKDDecoder
-from .distillers import MKDDistiller
-from .losses import FeatureLoss, GlobalLoss
-from .masking import PatchMasker
+from .modeling.decoder import MKDDecoder
+from .modeling.distillers import MKDDistiller
+from .modeling.losses import FeatureLoss, GlobalLoss
+from .modeling.masking import PatchMasker
 
 __all__ = ["add_mkd_config", "mkd_kwargs_from_yacs", "student_config"]
 

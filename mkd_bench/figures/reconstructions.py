@@ -38,7 +38,7 @@ from omegaconf import OmegaConf
 
 import mkd
 from mkd import MKDDistiller, load_verified_weights, normalize_features
-from mkd.meta_arch import image_key
+from mkd.modeling.meta_arch import image_key
 
 
 @dataclass
@@ -118,7 +118,7 @@ def _energy(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def compute_panels(before: mkd.MKD, after: mkd.MKD, batched_input: Dict) -> ImagePanels:
+def compute_panels(before: mkd.FeatureDistillation, after: mkd.FeatureDistillation, batched_input: Dict) -> ImagePanels:
     """The panels of one image (a test mapper's output). ``after`` provides the teacher and the
     mask (``after.masker`` at step 0); both models share the preprocessing of one config."""
     image = batched_input["image"]

@@ -1,76 +1,15 @@
-"""The comparison distillers — FitNets-style feature mimicking, FGD and MGD — built from the
-same parts as MKD: a per-level channel adapter, then losses from ``losses.py``.
-
-All three score the student's clean task-pass features (``masks_student_input = False``; masked
-mimicking is an option, for experiments). Each logs its loss terms per level every ``log_period``
-iterations (``FeatureDistiller``).
-"""
-from typing import Dict, List, Tuple
+"""Focal and Global Distillation (FGD, CVPR 2022) as a distiller of this package's interface:
+the foreground/background and attention terms of its official loss, and GcBlock relations."""
+from typing import List, Tuple
 
 import torch
 from detectron2.structures import Instances
-from torch import nn
 from torch.nn import functional as F
 
-from .distillers import FeatureDistiller
-from .losses import FeatureLoss, GlobalLoss, computed_in_fp32
+from ..losses import GlobalLoss, computed_in_fp32
+from .base import AlignedDistiller, check_non_negative
 
-__all__ = [
-    "MimicDistiller", "FGDDistiller", "MGDDistiller", "fgd_attention", "fgd_foreground_masks",
-    "mgd_keep_mask",
-]
-
-
-def _check_non_negative(**values: float):
-    for name, value in values.items():
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
-
-
-class _AlignedDistiller(FeatureDistiller):
-    """Maps every student level to the teacher's channels with a 1x1 conv before scoring: FGD's
-    and MGD's ``align`` (the identity when the channels already match)."""
-
-    adapts_channels = True
-    #: FitNets' regressor: a learnt adapter even when the channels match.
-    always_adapt = False
-
-    def build(self, student_shapes, teacher_shapes):
-        super().build(student_shapes, teacher_shapes)
-        self.align = nn.ModuleDict()
-        for level, shape in student_shapes.items():
-            teacher_channels = teacher_shapes[level].channels
-            if self.always_adapt or shape.channels != teacher_channels:
-                self.align[level] = nn.Conv2d(shape.channels, teacher_channels, kernel_size=1)
-            else:
-                self.align[level] = nn.Identity()
-        return self
-
-    def aligned(self, student: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        return {level: self.align[level](x) for level, x in student.items()}
-
-
-class MimicDistiller(_AlignedDistiller):
-    """FitNets-style mimicking: ``weight * L_feat(T, adapter(S))`` with the normalised MSE of
-    ``FeatureLoss`` and a 1x1 regressor on the student (FitNets' hint/guided-layer adapter).
-
-    ``masked=True`` scores the student's masked pass instead (MKD's masking with a 1x1 adapter
-    in place of its decoder; the model then needs a masker): it separates what masking does
-    from what MKD's decoder does."""
-
-    always_adapt = True
-
-    def __init__(self, weight: float = 1.0, normalize: str = "channel", masked: bool = False,
-                 log_period: int = 20):
-        super().__init__(log_period)
-        _check_non_negative(weight=weight)
-        self.weight = weight
-        self.feature_loss = FeatureLoss(normalize=normalize)
-        self.masks_student_input = masked
-
-    def forward(self, student, teacher, context):
-        terms = self.feature_loss.level_terms(self.aligned(student), teacher)
-        return self.weighted_losses({"loss_mimic": (self.weight, terms)})
+__all__ = ["FGDDistiller", "fgd_attention", "fgd_foreground_masks"]
 
 
 def fgd_attention(features: torch.Tensor, temperature: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +57,7 @@ def fgd_foreground_masks(
     return foreground, background
 
 
-class FGDDistiller(_AlignedDistiller):
+class FGDDistiller(AlignedDistiller):
     """Focal and Global Distillation (Yang et al., CVPR 2022), as its official mmdet loss.
 
     Focal feature loss: the squared error, weighted by the teacher's spatial and channel
@@ -142,7 +81,7 @@ class FGDDistiller(_AlignedDistiller):
         super().__init__(log_period)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        _check_non_negative(alpha_fg=alpha_fg, beta_bg=beta_bg, gamma_attention=gamma_attention,
+        check_non_negative(alpha_fg=alpha_fg, beta_bg=beta_bg, gamma_attention=gamma_attention,
                             lambda_global=lambda_global)
         self.temperature = temperature
         self.alpha_fg = alpha_fg
@@ -189,47 +128,3 @@ class FGDDistiller(_AlignedDistiller):
                 (spatial_s - spatial_t).abs().sum() + (channel_s - channel_t).abs().sum()
             ) / batch
         return fg, bg, attention
-
-
-def mgd_keep_mask(features: torch.Tensor, mask_ratio: float) -> torch.Tensor:
-    """MGD's random feature mask, (N, 1, H, W): 0 at a ``mask_ratio`` fraction of positions
-    (independently per image and position, from the global RNG), 1 elsewhere."""
-    n, _, h, w = features.shape
-    draw = torch.rand(n, 1, h, w, device=features.device)
-    return (draw <= 1 - mask_ratio).to(features.dtype)
-
-
-class MGDDistiller(_AlignedDistiller):
-    """Masked Generative Distillation (Yang et al., ECCV 2022): hide random positions of the
-    aligned student feature, regenerate the teacher's full feature from the rest with
-    conv3x3-ReLU-conv3x3, ``alpha * sum ||G(mask * S) - T||^2 / N`` summed over levels."""
-
-    def __init__(self, alpha: float = 2e-5, mask_ratio: float = 0.65, log_period: int = 20):
-        super().__init__(log_period)
-        _check_non_negative(alpha=alpha)
-        if not 0 <= mask_ratio < 1:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-        self.alpha = alpha
-        self.mask_ratio = mask_ratio
-
-    def build(self, student_shapes, teacher_shapes):
-        super().build(student_shapes, teacher_shapes)
-        self.generators = nn.ModuleDict({
-            level: nn.Sequential(
-                nn.Conv2d(shape.channels, shape.channels, kernel_size=3, padding=1),
-                nn.ReLU(),
-                nn.Conv2d(shape.channels, shape.channels, kernel_size=3, padding=1),
-            )
-            for level, shape in teacher_shapes.items()
-        })
-        return self
-
-    def forward(self, student, teacher, context):
-        generated = {level: self.generators[level](s * mgd_keep_mask(s, self.mask_ratio))
-                     for level, s in self.aligned(student).items()}
-        terms = self._level_terms(generated, teacher)
-        return self.weighted_losses({"loss_mgd": (self.alpha, terms)})
-
-    @computed_in_fp32
-    def _level_terms(self, generated, teacher):
-        return {level: (g - teacher[level]).pow(2).sum() / len(g) for level, g in generated.items()}

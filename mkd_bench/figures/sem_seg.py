@@ -29,7 +29,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.utils.colormap import colormap
 
-from train_net import build_for_evaluation  # tools/: this script's directory is on sys.path
+from mkd.engine.train import build_for_evaluation
 
 IGNORE_COLOR = (128, 128, 128)
 BACKGROUND_COLOR = (0, 0, 0)  # of a class named "background": the shapes stand out

@@ -1,6 +1,7 @@
 """The built-in datasets: generated COCO-format instance datasets, registered with Detectron2.
 
-Importing this package registers `mkd_shapes_{train,val}` (the CPU proxy),
+`register_all()` (called by configs/common/data/builtin.py, so by every config that reads them)
+registers `mkd_shapes_{train,val}` (the CPU proxy),
 `mkd_shapes_seed1_{train,val}` (its second instance, generated from another seed),
 `mkd_digits_{train,val}` (a harder variant) and the shapes' per-pixel labels,
 `mkd_shapes_sem_seg_{train,val}` (semantic.py); images and labels are generated only when a
@@ -13,9 +14,8 @@ from .builtin import (
     GENERATORS,
     SEM_SEG_DATASETS,
     builtin_root,
-    check_datasets_available,
-    check_training_data,
     ensure_builtin_dataset,
+    register_all,
     register_builtin,
 )
 from .synthetic import (
@@ -41,15 +41,11 @@ __all__ = [
     "DEFAULT_NUM_VAL",
     "SPLITS",
     "builtin_root",
-    "check_datasets_available",
-    "check_training_data",
     "ensure_builtin_dataset",
     "generate_dataset",
     "generate_split",
     "mask_to_polygons",
+    "register_all",
     "register_builtin",
     "split_paths",
 ]
-
-for _dataset in GENERATORS:
-    register_builtin(dataset=_dataset)

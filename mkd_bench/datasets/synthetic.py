@@ -20,6 +20,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from mkd.engine.datasets import check_writable
+
 # scipy, scikit-learn and scikit-image (the `builtin` extra) are imported where an image is
 # generated (`optional_import`), not here: registering the datasets and training on generated
 # ones needs none of them.
@@ -87,21 +89,6 @@ def split_paths(root, split):
     """Return (json_file, image_root) of a split, the layout Detectron2's COCO loader expects."""
     json_file = os.path.join(root, "annotations", f"instances_{split}.json")
     return json_file, os.path.join(root, split)
-
-
-def check_writable(root, what="dataset root",
-                   fix="pass another --root (or set MKD_DATASETS) to a writable directory"):
-    """Fail before any work if the directory ``root`` (created if missing) cannot hold files,
-    e.g. its parent is a file or it is read-only; the error names ``what`` and the ``fix``."""
-    try:
-        os.makedirs(root, exist_ok=True)
-        with tempfile.TemporaryFile(dir=root):
-            pass
-    except OSError as err:
-        raise PermissionError(
-            f"{what} {root!r} is not writable ({type(err).__name__}: {err.strerror or err}); "
-            f"{fix}"
-        ) from err
 
 
 def generate_split(root, split, num_images, image_size=DEFAULT_IMAGE_SIZE, seed=0, workers=None):

@@ -1,8 +1,9 @@
-"""Distillers: how student features connect to the teacher's, and which losses compare them.
+"""The distiller interface: how student features connect to the teacher's, and which losses
+compare them.
 
 The meta-architecture records the features and calls a distiller; a distiller only connects
 (decoder, adapters) and scores (losses). MKD, feature mimicking, FGD and MGD are distillers of
-this one interface, so they are configs of the same machinery.
+this one interface (one module each), so they are configs of the same machinery.
 """
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -13,11 +14,10 @@ from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage, get_event_storage
 from torch import nn
 
-from .decoder import MKDDecoder
-from .losses import FeatureLoss, GlobalLoss, spatial_correlation
-from .masking import PatchMask
+from ..masking import PatchMask
 
-__all__ = ["DistillContext", "FeatureDistiller", "MKDDistiller", "scale_gradient"]
+__all__ = ["AlignedDistiller", "DistillContext", "FeatureDistiller", "check_non_negative",
+           "scale_gradient"]
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -123,70 +123,30 @@ class FeatureDistiller(nn.Module):
         raise NotImplementedError
 
 
-class MKDDistiller(FeatureDistiller):
-    """``lambda * L_feat(T, decoder(S_masked)) + gamma * L_global(T, decoder(S_masked))``.
+def check_non_negative(**values: float):
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
 
-    Logs (``log_period``) each loss per level and ``distill/<level>/r``: how well the decoder
-    reconstructs the teacher (``spatial_correlation``: 1 exact, 0 unrelated), for levels whose
-    maps have more than one position.
 
-    ``student_gradient_scale`` multiplies the gradient the decoder sends back into the student
-    (the losses and the decoder's own gradients are unchanged): how hard the student is pulled,
-    apart from how fast the decoder learns, which the loss weights set together. 1 is the
-    paper's; other values are this project's variant."""
+class AlignedDistiller(FeatureDistiller):
+    """Maps every student level to the teacher's channels with a 1x1 conv before scoring: FGD's
+    and MGD's ``align`` (the identity when the channels already match)."""
 
-    masks_student_input = True
     adapts_channels = True
-
-    def __init__(
-        self,
-        *,
-        decoder: MKDDecoder,
-        feature_loss: FeatureLoss,
-        global_loss: Optional[GlobalLoss] = None,
-        feature_weight: float = 1.0,
-        global_weight: float = 1.0,
-        student_gradient_scale: float = 1.0,
-        log_period: int = 20,
-    ):
-        super().__init__(log_period)
-        if feature_weight < 0 or global_weight < 0:
-            raise ValueError(
-                f"loss weights must be >= 0, got feature_weight={feature_weight}, "
-                f"global_weight={global_weight}"
-            )
-        if student_gradient_scale < 0:
-            raise ValueError(f"student_gradient_scale={student_gradient_scale} must be >= 0 (1 "
-                             "leaves the gradient into the student unchanged)")
-        self.student_gradient_scale = student_gradient_scale
-        self.decoder = decoder
-        self.feature_loss = feature_loss
-        self.global_loss = global_loss
-        self.feature_weight = feature_weight
-        self.global_weight = global_weight
+    #: FitNets' regressor: a learnt adapter even when the channels match.
+    always_adapt = False
 
     def build(self, student_shapes, teacher_shapes):
         super().build(student_shapes, teacher_shapes)
-        self.strides = {level: shape.stride for level, shape in student_shapes.items()}
-        self.decoder.build(student_shapes, teacher_shapes)
-        if self.global_loss is not None:
-            self.global_loss.build({k: v.channels for k, v in teacher_shapes.items()})
+        self.align = nn.ModuleDict()
+        for level, shape in student_shapes.items():
+            teacher_channels = teacher_shapes[level].channels
+            if self.always_adapt or shape.channels != teacher_channels:
+                self.align[level] = nn.Conv2d(shape.channels, teacher_channels, kernel_size=1)
+            else:
+                self.align[level] = nn.Identity()
         return self
 
-    def forward(self, student, teacher, context):
-        if context.mask is None:
-            raise ValueError("MKDDistiller needs the student's patch mask (a masker)")
-        student = {k: scale_gradient(v, self.student_gradient_scale) for k, v in student.items()}
-        reconstructed = self.decoder(student, context.mask)
-        hidden = None
-        if self.feature_loss.positions == "hidden":
-            hidden = {k: 1 - context.mask.at_feature(v, self.strides[k])
-                      for k, v in reconstructed.items()}
-        terms = {"loss_mkd_feat": (self.feature_weight,
-                                   self.feature_loss.level_terms(reconstructed, teacher, hidden))}
-        if self.global_loss is not None:
-            terms["loss_mkd_global"] = (self.global_weight,
-                                        self.global_loss.level_terms(reconstructed, teacher))
-        return self.weighted_losses(terms, extra=lambda: {"r": {
-            k: spatial_correlation(x, teacher[k])
-            for k, x in reconstructed.items() if x.shape[-2:].numel() > 1}})
+    def aligned(self, student: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return {level: self.align[level](x) for level, x in student.items()}

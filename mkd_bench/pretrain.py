@@ -41,8 +41,9 @@ from fvcore.common.param_scheduler import CosineParamScheduler
 from omegaconf import OmegaConf
 from torch import nn
 
-import runs  # tools/runs.py: this script's directory is on sys.path
-from mkd.data import BUILTIN_DATASETS, GENERATORS, check_datasets_available
+from mkd_bench import runs
+from mkd.engine.datasets import check_datasets_available
+from mkd_bench.datasets import BUILTIN_DATASETS, GENERATORS
 
 logger = logging.getLogger("mkd.pretrain")
 DEFAULT_OUTPUT_ROOT = "./output/pretrained"

@@ -13,7 +13,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from .meta_arch import MKD
+from mkd import FeatureDistillation
 
 __all__ = ["build_at_initialisation", "gradient_ratio", "probe"]
 
@@ -34,13 +34,13 @@ def _norm(grads) -> float:
     return math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
 
 
-def gradient_ratio(model: MKD, batch: List[Dict]) -> Dict[str, object]:
+def gradient_ratio(model: FeatureDistillation, batch: List[Dict]) -> Dict[str, object]:
     """One training forward of ``batch`` and the gradients, without touching ``.grad``, that
     its task and its distillation losses send into the student: into the FPN's outputs (every
     backbone call of the step together: with ``task_pass="clean"`` the task loss reaches the
     clean pass's, the distillation the masked pass's) and into the bottom-up network's
     parameters (which both passes share). Distillation terms are the distiller's outputs."""
-    if not isinstance(model, MKD):
+    if not isinstance(model, FeatureDistillation):
         raise ValueError(f"The probe compares a distillation with its task: the model must be "
                          f"MKD (an MKD, mimic, FGD or MGD config), got {type(model).__name__}")
     backbone = model.student.backbone

@@ -6,6 +6,7 @@ own version stamp, on first use, so that Detectron2's ``DatasetMapper`` and ``Se
 read them unchanged. Label ``k`` is COCO category ``k`` (so 0 is background); the one-pixel band
 on either side of each outline, where the image blends shape and backdrop, is ``IGNORE_LABEL``.
 """
+import functools
 import hashlib
 import json
 import logging
@@ -144,4 +145,11 @@ def register_sem_seg(root, dataset, category_names, prepare):
             stuff_classes=["background", *category_names],
             ignore_label=IGNORE_LABEL,
             dataset_root=root,
+            # mkd.engine.datasets' checks prepare the labels (generate them) instead of reading.
+            prepare=functools.partial(_prepare, prepare, root, split),
         )
+
+
+def _prepare(prepare_detection, root, split):
+    prepare_detection()
+    ensure_labels(root, split)

@@ -57,7 +57,7 @@ import statistics
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import runs  # tools/runs.py: this script's directory is on sys.path
+from mkd_bench import runs
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ RECIPES = ("fgd_recipe",)
 #: Mimic at x3 its calibrated weight (2.0), the last tuning's choice: the controls' mimic.
 MIMIC_X3 = "model.distiller.weight=6.0"
 #: Masked mimicking's patch masker: MKD's (configs/common/mkd.py), as an override.
-MKD_MASKER = "model.masker={_target_:mkd.masking.PatchMasker,patch_size:32,mask_ratio:0.5}"
+MKD_MASKER = "model.masker={_target_:mkd.modeling.masking.PatchMasker,patch_size:32,mask_ratio:0.5}"
 #: The distiller's parameters trained by AdamW, the student's by its SGD (mkd.solver).
 DISTILLER_ADAMW = ["optimizer._target_=mkd.solver.SGDWithAdamWGroups",
                    "optimizer.params._target_=mkd.solver.distillation_param_groups",
@@ -428,7 +428,7 @@ def pretrained_bottom_up(args, detector: str = "") -> str:
     (``--smoke``: a tiny one in ``--output-dir``); ``""`` without ``args.pretrained``."""
     if not args.pretrained:
         return ""
-    import pretrain_backbone
+    from mkd_bench import pretrain as pretrain_backbone
     from detectron2.utils.logger import setup_logger
 
     setup_logger(name="mkd.pretrain")  # its progress: minutes on a first command
@@ -678,13 +678,13 @@ def load_factors(args, teacher, student_schedule: Sequence[str]) -> Dict[str, fl
 
 
 def probe_config(config_file, overrides, batches):
-    """``mkd.probe.probe`` of a run's config: its losses at initialisation (teacher loaded, no
+    """``mkd_bench.probe.probe`` of a run's config: its losses at initialisation (teacher loaded, no
     update) and the gradients they send into the student, averaged over the first ``batches``
     training batches; every config sees the same batches."""
-    import mkd.probe
+    import mkd_bench.probe
 
     cfg = runs.load_config(config_file, list(overrides) + ["dataloader.train.num_workers=0"])
-    return mkd.probe.probe(cfg, batches)
+    return mkd_bench.probe.probe(cfg, batches)
 
 
 def probe(args, planned, teacher):
@@ -743,7 +743,7 @@ def mean_curves(planned, metric: str):
 def predictions_figure(args, teacher, planned, rows: Sequence[Row], tag: str) -> str:
     """``tools/visualize_sem_seg.py``'s grid of the teacher and the first seed of the student and
     student + MKD rows (those of ``FIGURE_COLUMNS`` the table has), each titled with its mIoU."""
-    import visualize_sem_seg
+    from mkd_bench.figures import sem_seg as visualize_sem_seg
 
     shown = [("teacher", teacher)] + [(FIGURE_COLUMNS[row.method], planned[row.name][0])
                                       for row in rows if row.method in FIGURE_COLUMNS]
@@ -761,7 +761,7 @@ def predictions_figure(args, teacher, planned, rows: Sequence[Row], tag: str) ->
 def smoke_dataset(args):
     """A few generated images of the pair's dataset, inside the output directory."""
     os.environ["MKD_DATASETS"] = os.path.join(args.output_dir, "datasets")
-    from mkd.data import GENERATORS, builtin_root, register_builtin
+    from mkd_bench.datasets import GENERATORS, builtin_root, register_builtin
 
     dataset = PAIRS[args.pair].dataset
     if not os.path.isdir(builtin_root(dataset)):

@@ -55,11 +55,11 @@ from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 from torch import nn
 
-import benchmark_distill  # tools/: this script's directory is on sys.path
-import runs
-import visualize_mkd
-from mkd import MKD, MKDDistiller, normalize_features
-from mkd.meta_arch import image_key
+from mkd_bench import distill_benchmark as benchmark_distill
+from mkd_bench import runs
+from mkd_bench.figures import reconstructions as visualize_mkd
+from mkd import FeatureDistillation, MKDDistiller, normalize_features
+from mkd.modeling.meta_arch import image_key
 
 BASELINE = "teacher mean (baseline)"
 DECODER = ("decoder, all", "decoder, hidden", "decoder, visible")
@@ -108,7 +108,7 @@ class RunRecord:
 def method_of(cfg) -> str:
     """``none`` for a plain detector; else the distiller's class name without ``Distiller``."""
     target = _located(OmegaConf.select(cfg, "model._target_", default=None))
-    if not (isinstance(target, type) and issubclass(target, MKD)):
+    if not (isinstance(target, type) and issubclass(target, FeatureDistillation)):
         return "none"
     distiller = _located(cfg.model.distiller._target_)
     return distiller.__name__.replace("Distiller", "").lower()
@@ -155,7 +155,7 @@ def build_model(run: RunRecord, seed: int, teacher_weights: Optional[str], devic
 
 
 def student_of(model):
-    return model.student if isinstance(model, MKD) else model
+    return model.student if isinstance(model, FeatureDistillation) else model
 
 
 @contextlib.contextmanager
@@ -223,7 +223,7 @@ def linear_readout_error(students: Sequence[torch.Tensor], teachers: Sequence[to
 
 
 @torch.no_grad()
-def teacher_maps(model: MKD, inputs: Sequence[Dict]) -> List[Dict[str, torch.Tensor]]:
+def teacher_maps(model: FeatureDistillation, inputs: Sequence[Dict]) -> List[Dict[str, torch.Tensor]]:
     """Per image, the teacher's features at the distilled levels (on the CPU)."""
     maps = []
     for x in inputs:
@@ -328,7 +328,7 @@ class Scored:
     global_weight: float = 0.0
 
 
-def scored_prediction(model: MKD, images: torch.Tensor, inputs: Sequence[Dict]) -> Scored:
+def scored_prediction(model: FeatureDistillation, images: torch.Tensor, inputs: Sequence[Dict]) -> Scored:
     """MKD's decoder on the masked student; mimic's adapter on the clean student (no mask, no
     global loss). Both score with ``FeatureLoss``, so their gradient shares tell the decoder's
     part in the weighting of the levels from the loss's own."""
@@ -350,7 +350,7 @@ def scored_prediction(model: MKD, images: torch.Tensor, inputs: Sequence[Dict]) 
                   distiller.global_weight)
 
 
-def level_weighting(model: MKD, inputs: Sequence[Dict]):
+def level_weighting(model: FeatureDistillation, inputs: Sequence[Dict]):
     """Section 3 for one MKD or mimic run (``WEIGHED``), on ``inputs`` as one batch (training
     mode, restored after): a row per level (``WEIGHTING_COLUMNS``), and the totals: the summed
     per-level terms against the losses computed over all levels at once (they must agree), and
