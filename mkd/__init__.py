@@ -6,6 +6,7 @@ name in yacs and saved configs). It registers no dataset: the built-in toy datas
 the research harness, ``mkd_bench``, and register when a config that reads them is loaded.
 """
 from .config import add_mkd_config
+from .export import export_student
 from .modeling import (
     MKD,
     DistillContext,
@@ -26,7 +27,6 @@ from .modeling import (
     normalize_features,
 )
 from .solver import distillation_param_groups
-from .export import export_student
 from .weights import load_verified_weights, student_state_dict
 
 __all__ = [

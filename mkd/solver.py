@@ -10,9 +10,8 @@ measurements are in docs/ablations.md.
 from typing import Any, Dict, List
 
 import torch
-from torch import nn
-
 from detectron2.solver.build import get_default_optimizer_params
+from torch import nn
 
 __all__ = ["distillation_param_groups", "SGDWithAdamWGroups"]
 

@@ -28,9 +28,9 @@ import math
 import os
 import time
 
+from mkd_bench import pretrain as pretrain_backbone
 from mkd_bench import runs
 from mkd_bench.distill_benchmark import PAIRS, SMOKE_ITER, SMOKE_PRETRAINING, start_from
-from mkd_bench import pretrain as pretrain_backbone
 
 COLUMNS = ["run", "iterations", *runs.METRICS, "s/iter"]
 PAIR = PAIRS["shapes"]
@@ -63,7 +63,12 @@ def stage(number, text):
 def prepare_dataset(smoke: bool, out: str) -> None:
     """The shapes dataset: the default one (generated where missing), or with ``smoke`` a few
     images inside ``out``, registered in this process too (pretraining reads it here)."""
-    from mkd_bench.datasets import GENERATORS, builtin_root, ensure_builtin_dataset, register_builtin
+    from mkd_bench.datasets import (
+        GENERATORS,
+        builtin_root,
+        ensure_builtin_dataset,
+        register_builtin,
+    )
 
     if smoke:
         os.environ["MKD_DATASETS"] = os.path.join(out, "datasets")  # and the runs' subprocesses

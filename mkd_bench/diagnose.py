@@ -55,11 +55,11 @@ from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 from torch import nn
 
+from mkd import FeatureDistillation, MKDDistiller, normalize_features
+from mkd.modeling.meta_arch import image_key
 from mkd_bench import distill_benchmark as benchmark_distill
 from mkd_bench import runs
 from mkd_bench.figures import reconstructions as visualize_mkd
-from mkd import FeatureDistillation, MKDDistiller, normalize_features
-from mkd.modeling.meta_arch import image_key
 
 BASELINE = "teacher mean (baseline)"
 DECODER = ("decoder, all", "decoder, hidden", "decoder, visible")

@@ -41,8 +41,8 @@ from fvcore.common.param_scheduler import CosineParamScheduler
 from omegaconf import OmegaConf
 from torch import nn
 
-from mkd_bench import runs
 from mkd.engine.datasets import check_datasets_available
+from mkd_bench import runs
 from mkd_bench.datasets import BUILTIN_DATASETS, GENERATORS
 
 logger = logging.getLogger("mkd.pretrain")

@@ -3,17 +3,23 @@ how hard its distillation pulls next to the task. The benchmark calibrates every
 weights by the loss ratio, or by the gradient ratio (``tools/benchmark_distill.py --probe``);
 the gradient ratio says what the optimizer feels, which a loss ratio hides when the terms scale
 differently.
-Works for any MKD, mimic, FGD or MGD config (``tools/probe_distillation.py``)."""
+Works for any MKD, mimic, FGD or MGD config (``tools/probe_distillation.py``: ``main``)."""
+import argparse
+import json
 import math
 from typing import Dict, List, Tuple
 
 import torch
-from detectron2.config import instantiate
+from detectron2.config import LazyConfig, instantiate
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
+from omegaconf import OmegaConf
 from torch import nn
 
 from mkd import FeatureDistillation
+from mkd.engine.datasets import check_training_data
+from mkd.engine.overrides import apply_known_overrides
+from mkd.engine.train import dataset_names
 
 __all__ = ["build_at_initialisation", "gradient_ratio", "probe"]
 
@@ -90,3 +96,40 @@ def probe(cfg, batches: int) -> Dict[str, object]:
     ratios = {f"{name}_ratio": _ratio(means[f"distillation_{name}"], means[f"task_{name}"])
               for name in ("loss", "fpn_grad", "bottom_up_grad")}
     return {"batches": batches, "losses": losses, **means, **ratios}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="How hard a distillation config pulls next to its task, at initialisation.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, help="a distillation LazyConfig (MKD)")
+    parser.add_argument("--batches", type=int, default=4,
+                        help="training batches to average over (default: 4)")
+    parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config path.key=value")
+    return parser.parse_args(argv)
+
+
+def format_report(config_file, results) -> str:
+    lines = [f"{config_file}: initialisation, mean of {results['batches']} batches"]
+    lines += [f"  {key:<28}{value:>12.4g}" for key, value in results["losses"].items()]
+    lines.append(f"  {'':<28}{'task':>12}{'distillation':>14}{'ratio':>10}")
+    for name, label in (("loss", "loss"), ("fpn_grad", "gradient at FPN outputs"),
+                        ("bottom_up_grad", "gradient at bottom-up")):
+        lines.append(f"  {label:<28}{results[f'task_{name}']:>12.4g}"
+                     f"{results[f'distillation_{name}']:>14.4g}{results[f'{name}_ratio']:>10.3g}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = apply_known_overrides(LazyConfig.load(args.config_file), args.opts, args.config_file)
+    if OmegaConf.select(cfg, "dataloader.train.num_workers", default=None) is not None:
+        cfg.dataloader.train.num_workers = 0  # a few batches: workers would only start slowly
+    check_training_data(dataset_names(cfg, ("train",)))
+    results = probe(cfg, args.batches)
+    print(format_report(args.config_file, results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": args.config_file, "overrides": args.opts, **results}, f,
+                      indent=2)
+    return results

@@ -16,8 +16,8 @@ from typing import Dict, List, Sequence
 from detectron2.config import LazyConfig
 from omegaconf import OmegaConf
 
-from mkd_bench.datasets import BUILTIN_DATASETS, GENERATORS
 from mkd.engine.train import dataset_names
+from mkd_bench.datasets import BUILTIN_DATASETS, GENERATORS
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TOOLS)

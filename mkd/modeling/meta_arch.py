@@ -11,9 +11,9 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
+from ..weights import copy_matching_weights, load_verified_weights
 from .distillers import DistillContext, FeatureDistiller
 from .masking import NORM_STATISTICS, MaskedConvolutions, PatchMasker
-from ..weights import copy_matching_weights, load_verified_weights
 
 __all__ = ["FeatureDistillation", "MKD", "image_key"]
 

@@ -13,7 +13,6 @@ import importlib
 import json
 import multiprocessing
 import os
-import tempfile
 from collections import defaultdict, namedtuple
 from concurrent.futures import ProcessPoolExecutor
 
