@@ -7,11 +7,10 @@ Example:
     python tools/make_dataset.py --dataset shapes --seed 0
 """
 import argparse
-import json
 import sys
 import time
 
-from mkd_bench.datasets import GENERATOR_SEEDS, GENERATORS, builtin_root
+from mkd_bench.datasets import GENERATOR_SEEDS, GENERATORS, builtin_root, describe_split
 
 
 def parse_args(argv=None):
@@ -53,19 +52,6 @@ def parse_args(argv=None):
     return args
 
 
-def summarize(json_file):
-    """One line per split: images, instances and their COCO size buckets."""
-    with open(json_file) as f:
-        dataset = json.load(f)
-    areas = [annotation["area"] for annotation in dataset["annotations"]]
-    small = sum(area < 32**2 for area in areas)
-    large = sum(area > 96**2 for area in areas)
-    return (
-        f"{json_file}: {len(dataset['images'])} images, {len(areas)} instances "
-        f"(small {small}, medium {len(areas) - small - large}, large {large})"
-    )
-
-
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
@@ -77,7 +63,7 @@ def main(argv=None):
         sys.exit(f"error: {err}")
     elapsed = time.perf_counter() - start
     for json_file in json_files.values():
-        print(summarize(json_file))
+        print(describe_split(json_file))
     print(f"generated under {args.root} (seed {args.seed}) in {elapsed:.1f} s")
 
 

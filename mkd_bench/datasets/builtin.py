@@ -17,8 +17,8 @@ from iopath.common.file_io import file_lock
 
 from mkd.engine.datasets import check_writable
 
-from . import semantic, shapes, synthetic
-from .synthetic import SPLITS, split_paths
+from . import digits, semantic, shapes
+from .coco_writer import SPLITS, split_paths
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 # GENERATOR_VERSION and generate_split. Dataset `key` registers as mkd_<key>_{train,val}.
 # "shapes_seed1" is a second instance of the shapes proxy (same generator, another seed): a
 # verdict on one instance may hold for that dataset only.
-GENERATORS = {"shapes": shapes, "digits": synthetic, "shapes_seed1": shapes}
+GENERATORS = {"shapes": shapes, "digits": digits, "shapes_seed1": shapes}
 # The generator seed of each built-in dataset (0 where not listed).
 GENERATOR_SEEDS = {"shapes_seed1": 1}
 BUILTIN_DATASETS = {f"mkd_{key}_{split}": (key, split) for key in GENERATORS for split in SPLITS}

@@ -18,7 +18,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from iopath.common.file_io import file_lock
 from PIL import Image
 
-from .synthetic import SPLITS, split_paths
+from mkd.engine.resume import AtomicWriter
+
+from .coco_writer import SPLITS, split_paths
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +93,8 @@ def ensure_labels(root, split):
         for image in coco["images"]:
             labels = rasterize_labels(image, by_image[image["id"]])
             Image.fromarray(labels).save(label_file(root, split, image["file_name"]))
-        with open(stamp_file, "w") as f:  # last: its presence means the labels are complete
+        # Last, and whole or not at all: its presence means the labels are complete.
+        with AtomicWriter(stamp_file, "w") as f:
             json.dump(stamp, f)
         logger.info("Wrote %d semantic label maps to %s in %.1f s", len(coco["images"]),
                     labels_dir(root, split), time.perf_counter() - start)

@@ -3,21 +3,20 @@
 Each image holds 1-6 small plain geometric shapes of eight classes (circle, square, triangle, star,
 cross, hexagon, ring, diamond) on a smooth two-colour gradient. Colours are random, so the outline
 is the only cue to the class; rotations stay small so that a square never becomes a diamond.
-Shapes do not overlap. Unlike the digits (see synthetic.py), a
-from-scratch RetinaNet learns these in a few hundred CPU iterations, so a longer-trained teacher
-knows clearly more than a short-trained student: the regime a distillation method can be judged
-in. Nothing is downloaded; the dataset is rebuilt byte for byte from its seed.
+Shapes do not overlap. Unlike the digits (see digits.py), a from-scratch RetinaNet learns
+these in a few hundred CPU iterations, so a longer-trained teacher knows clearly more than a
+short-trained student: the regime a distillation method can be judged in. Nothing is downloaded;
+the dataset is rebuilt byte for byte from its seed. coco_writer.py writes the images and the json.
 """
 import functools
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic import (
+from .coco_writer import (
     SPLITS,
-    _check_count,
-    _check_image_size,
-    check_writable,
+    check_split_arguments,
+    coco_categories,
     generate_splits,
     mask_to_polygons,
     write_coco_split,
@@ -43,30 +42,19 @@ _PLACEMENT_TRIES = 20
 _MIN_COLOUR_DISTANCE = 0.35  # RGB distance (channels in [0, 1]) of a shape from its backdrop
 
 
-def coco_categories():
-    """COCO category records; ids start at 1 as in COCO."""
-    return [
-        {"id": index + 1, "name": name, "supercategory": "shape"}
-        for index, name in enumerate(CATEGORY_NAMES)
-    ]
-
-
 def generate_split(root, split, num_images, image_size=DEFAULT_IMAGE_SIZE, seed=0, workers=None):
     """Write `root/<split>/*.jpg` and `root/annotations/instances_<split>.json`; return the json.
 
     Each image has its own random stream keyed by (seed, split, index), so the output does not
-    depend on `workers` (default: one process per CPU core).
+    depend on `workers` (default: one process per CPU core). The json is written last and
+    atomically: its presence means the split is complete.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: split must be one of {SPLITS}")
-    _check_count("num_images", num_images)
-    _check_image_size(image_size)
-    check_writable(root)
+    check_split_arguments(root, split, num_images, image_size)
     render = functools.partial(_render_shapes_image, split, image_size, seed)
     info = {"description": "MKD shapes: plain geometric shapes on gradients",
             "version": GENERATOR_VERSION}
     return write_coco_split(root, split, num_images, image_size, seed, workers, render, info,
-                            coco_categories())
+                            coco_categories(CATEGORY_NAMES, "shape"))
 
 
 def generate_dataset(

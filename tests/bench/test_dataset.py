@@ -1,4 +1,5 @@
-"""The built-in dataset: deterministic generation, valid COCO output, registration, errors."""
+"""The digits dataset and what the built-in datasets share: deterministic generation, valid COCO
+output (coco_writer.py), registration, errors."""
 import importlib
 import importlib.util
 import json
@@ -6,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -19,15 +21,15 @@ from mkd.engine.datasets import check_datasets_available
 from mkd_bench.datasets import builtin as builtin_module
 from mkd_bench.datasets import (
     builtin_root,
+    coco_writer,
+    digits,
     ensure_builtin_dataset,
-    generate_dataset,
-    generate_split,
-    mask_to_polygons,
     register_builtin,
     shapes,
     split_paths,
-    synthetic,
 )
+from mkd_bench.datasets.coco_writer import mask_to_polygons
+from mkd_bench.datasets.digits import generate_dataset, generate_split
 from tests import helpers
 from tests.helpers import read_tree
 
@@ -40,7 +42,7 @@ def load_json(path):
         return json.load(f)
 
 
-def shrink_default_splits(monkeypatch, generator=synthetic):
+def shrink_default_splits(monkeypatch, generator=digits):
     """Make the datasets of ``generator`` (default: the digits) generated on first use 3 + 2
     images of 64 px."""
     for name, value in [("DEFAULT_NUM_TRAIN", 3), ("DEFAULT_NUM_VAL", 2),
@@ -185,6 +187,19 @@ def test_bad_arguments_fail_before_writing(tmp_path, call, message):
     assert not os.path.exists(root)
 
 
+def test_an_interrupted_json_write_leaves_no_json_and_no_temporary_file(tmp_path, monkeypatch):
+    """The json is written last and atomically (mkd.engine.resume.AtomicWriter): a split whose
+    json write fails counts as missing, and nothing half-written stays beside it."""
+    def fail(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(coco_writer, "json", types.SimpleNamespace(dumps=fail))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        generate_split(str(tmp_path), "val", 2, image_size=64, workers=1)
+    assert os.listdir(tmp_path / "annotations") == []
+    assert sorted(os.listdir(tmp_path / "val")) == ["000001.jpg", "000002.jpg"]
+
+
 def test_unwritable_root_names_the_path_and_the_fix(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
@@ -282,7 +297,7 @@ def test_split_from_another_generator_version_is_regenerated(registered_at, monk
     ensure_builtin_dataset(registered_at)
     json_file = split_paths(registered_at, "val")[0]
     current = load_json(json_file)
-    assert current["info"]["version"] == synthetic.GENERATOR_VERSION
+    assert current["info"]["version"] == digits.GENERATOR_VERSION
     stale = dict(current, info=dict(current["info"], version=0), annotations=[])
     with open(json_file, "w") as f:
         json.dump(stale, f)
@@ -304,7 +319,7 @@ def test_missing_files_error_explains_layout_and_alternative(tmp_path, monkeypat
             message = str(excinfo.value)
             assert name in message and "DETECTRON2_DATASETS" in message
             assert "coco/{annotations/instances_train2017.json,train2017/,val2017/}" in message
-            assert "dataloader.train.dataset.names=mkd_digits_train" in message
+            assert "dataloader.train.dataset.names=mkd_shapes_train" in message
     finally:
         DatasetCatalog.remove("mkd_test_absent")
         MetadataCatalog.remove("mkd_test_absent")

@@ -106,6 +106,22 @@ def test_registration_loads_with_shape_metadata(registered_shapes):
     assert MetadataCatalog.get("mkd_digits_val").thing_classes == [str(d) for d in range(10)]
 
 
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda root: generate_split(root, "test", 2), r"unknown split 'test'"),
+        (lambda root: generate_dataset(root, num_train=0), "num_train must be a positive integer"),
+        (lambda root: generate_split(root, "val", 2, 32), r"image_size must be an integer >= 64"),
+    ],
+)
+def test_bad_arguments_fail_before_writing(tmp_path, call, message):
+    """The argument checks the generators share (coco_writer.py) guard the shapes too."""
+    root = str(tmp_path / "dataset")
+    with pytest.raises(ValueError, match=message):
+        call(root)
+    assert not os.path.exists(root)
+
+
 def test_unknown_builtin_dataset_names_the_choices():
     with pytest.raises(ValueError, match="unknown built-in dataset 'letters'.*shapes, digits"):
         register_builtin(dataset="letters")
