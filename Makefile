@@ -24,4 +24,4 @@ test-d2main: setup-d2main
 	$(D2MAIN_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) tools/demo.py $(DEMO_ARGS)
+	$(PY) tools/shapes_demo.py $(DEMO_ARGS)

@@ -1,5 +1,5 @@
-#!/usr/bin/env python
-"""What MKD costs next to training the student alone: time per iteration and peak memory.
+"""What MKD costs next to training the student alone: time per iteration and peak memory
+(``tools/time_iteration.py``).
 
 One run measures, side by side on one fixed synthetic batch (random images with a few random
 boxes, classes and bitmasks, built once, so data loading never enters a timing):
@@ -7,20 +7,22 @@ boxes, classes and bitmasks, built once, so data loading never enters a timing):
 (a) ``student``: training the student alone: its task losses, backward, optimizer step;
 (b) ``teacher``: the teacher's *backbone* forward in eval mode under ``no_grad`` on its
     preprocessed batch: the teacher-side cost MKD pays (MKD never runs the teacher's heads);
-(c) ``mkd``: one full MKD training iteration: ``MKD.forward`` + backward + optimizer step;
+(c) ``mkd``: one full MKD training iteration: ``FeatureDistillation.forward`` + backward +
+    optimizer step;
 
 and breaks (c) down by timing its pieces directly on the same batch and model: the student's
 task pass (forward + backward of the task losses, unmasked); with ``task_pass="clean"`` the
 masked pass's student backbone (forward + backward, timed unmasked); masking = mask drawing +
 (masked minus unmasked backbone forward + backward of the same batch: the masked convolutions'
 overhead); the teacher's backbone forward (with its preprocessing when the student's batch
-cannot be reused); the decoder (forward + backward into the features); the losses (forward +
-backward into the decoder's output); the optimizer step, timed inside (c)'s own iterations;
-rest = (c) minus all of these (glue). (c) runs with the distiller's per-level logging off; beside
-it, ``mkd_logging`` times the same iteration logging every iteration (``log_period=1``: the
-per-level losses and the reconstruction correlation ``r`` into Detectron2's event storage),
-reported as ``logging_over_mkd``; at a period of N the extra cost is 1/N of that ratio's excess
-over 1. Timing the pieces directly needs no edit to ``mkd``;
+cannot be reused); the decoder (``MKDDistiller.reconstruct``: forward + backward into the
+features); the losses (its ``level_terms``, weighed and summed: forward + backward into the
+decoder's output); the optimizer step, timed inside (c)'s own iterations; rest = (c) minus all
+of these (glue). The pieces call the distiller's own steps, so they time the code (c) runs.
+(c) runs with the distiller's per-level logging off; beside it, ``mkd_logging`` times the same
+iteration logging every iteration (``log_period=1``: the per-level losses and the
+reconstruction correlation ``r`` into Detectron2's event storage), reported as
+``logging_over_mkd``; at a period of N the extra cost is 1/N of that ratio's excess over 1.
 ``masking`` and ``rest`` are differences of measurements and carry their noise: on a busy
 machine either can come out below zero.
 
@@ -45,33 +47,31 @@ No weights are loaded, since timing does not depend on them: ``model.teacher_wei
 the MKD model is marked ``teacher_loaded``. The optimizer is the config's with a learning rate of
 1e-5: a step costs the same at any rate, and a small one keeps random models from diverging.
 
-Usage::
-
-    python tools/benchmark.py --config-file configs/builtin/retinanet_R50_to_R18_mkd.py \\
-        --iters 10 --image-size 160 --threads 1 --json output/benchmark.json [path.key=value ...]
+    python tools/time_iteration.py --config-file configs/builtin/retinanet_R50_to_R18_mkd.py \\
+        --iters 10 --image-size 160 --threads 1 --json output/time_iteration.json [k=v ...]
 """
 import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
-from detectron2.config import LazyConfig, instantiate
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.config import LazyConfig
 from detectron2.utils.events import EventStorage
 
 from mkd import MKDDistiller
+from mkd_bench.timing_steps import (
+    ROWS,
+    Clock,
+    measure_times,
+    num_classes,
+    row_step,
+    synthetic_batch,
+)
 
-ROWS = {
-    "student": "(a) student training (fwd+bwd+step)",
-    "teacher": "(b) teacher backbone forward (eval, no_grad)",
-    "mkd": "(c) MKD training (fwd+bwd+step)",
-}
 BREAKDOWN = {
     "student_task": "student task pass (fwd+bwd)",
     "second_pass": "masked pass: student backbone (fwd+bwd)",
@@ -85,7 +85,6 @@ BREAKDOWN = {
 MEMORY_STEPS = 2  # the first step allocates the optimizer's state, the second runs with it
 TARGET_SHARE = 0.15  # of an MKD iteration spent in masking + decoder + losses
 LEARNING_RATE = 1e-5
-LOGGING = "mkd_logging"  # (c) with per-level logging every iteration: timed, not a memory row
 SMOKE = {"iters": 2, "warmup": 1, "image_size": 64, "batch_size": 2}
 DEFAULTS = {"iters": 10, "warmup": 2, "image_size": 160}
 
@@ -134,198 +133,11 @@ def load_config(args):
     return cfg
 
 
-def num_classes(detector_cfg) -> int:
-    """RetinaNet keeps it on the model, GeneralizedRCNN on its ROI heads."""
-    if "num_classes" in detector_cfg:
-        return detector_cfg.num_classes
-    return detector_cfg.roi_heads.num_classes
-
-
-def synthetic_batch(batch_size, size, classes, device, seed=0):
-    """Random images with three random boxes, classes and box-shaped bitmasks each (like
-    ``tests/tiny.py``'s batch), already on ``device``."""
-    g = torch.Generator().manual_seed(seed)
-    inputs = []
-    for i in range(batch_size):
-        image = torch.randint(0, 256, (3, size, size), generator=g).float()
-        corner = torch.rand(3, 2, generator=g) * size / 2
-        extent = (0.125 + 0.375 * torch.rand(3, 2, generator=g)) * size
-        boxes = torch.cat([corner, corner + extent], dim=1)
-        masks = torch.zeros(3, size, size, dtype=torch.bool)
-        for j, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
-            masks[j, y0:y1, x0:x1] = True
-        inst = Instances((size, size), gt_boxes=Boxes(boxes),
-                         gt_classes=torch.randint(0, classes, (3,), generator=g),
-                         gt_masks=BitMasks(masks))
-        inputs.append({"image": image.to(device), "instances": inst.to(device),
-                       "image_id": i, "height": size, "width": size})
-    return inputs
-
-
-class Clock:
-    """Wall time of one call, synchronised with the GPU when there is one."""
-
-    def __init__(self, device):
-        self.cuda = device == "cuda"
-
-    def __call__(self, fn) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-
-def median_ms(times) -> float:
-    return 1000 * statistics.median(times)
-
-
 def memory_mb(device) -> float:
     """The peak so far: allocated GPU memory, or the process's RSS (``ru_maxrss``: KiB)."""
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def build_optimizer(cfg, model):
-    cfg.optimizer.params.model = model
-    return instantiate(cfg.optimizer)
-
-
-def build_mkd(cfg, device):
-    """The MKD model, its per-level logging off: the storage of a benchmark stays at iteration
-    0, which every period divides; the logging's own cost is timed apart (``mkd_logging``)."""
-    model = instantiate(cfg.model)
-    model.teacher_loaded = True  # random weights: timing does not depend on them
-    model.distiller.log_period = 0
-    return model.to(device).train()
-
-
-def logging_step(model, optimizer, batch, clock):
-    """(c) logging its per-level values on every iteration (``log_period=1``)."""
-    step, _ = training_step(model, optimizer, batch, clock)
-
-    def logged():
-        model.distiller.log_period = 1
-        try:
-            step()
-        finally:
-            model.distiller.log_period = 0
-
-    return logged
-
-
-def training_step(model, optimizer, batch, clock):
-    """(a) and (c): Detectron2's ``SimpleTrainer.run_step`` on a fixed batch; also returns the
-    list that collects the times of its optimizer steps."""
-    step_times = []
-
-    def step():
-        losses = sum(model(batch).values())
-        optimizer.zero_grad()
-        losses.backward()
-        step_times.append(clock(optimizer.step))
-
-    return step, step_times
-
-
-def teacher_forward(teacher, batch):
-    """(b): the teacher's backbone on its own preprocessed batch."""
-    images = teacher.preprocess_image(batch).tensor
-
-    @torch.no_grad()
-    def forward():
-        teacher.backbone(images)
-
-    return forward
-
-
-def row_step(row, cfg, args, batch, clock):
-    """The step a memory row repeats, with only what that row needs built."""
-    if row == "teacher":
-        teacher = instantiate(cfg.model.teacher).to(args.device).eval().requires_grad_(False)
-        return teacher_forward(teacher, batch)
-    if row == "student":
-        model = instantiate(cfg.model.student).to(args.device).train()
-    else:
-        model = build_mkd(cfg, args.device)
-    return training_step(model, build_optimizer(cfg, model), batch, clock)[0]
-
-
-def breakdown_pieces(model, batch):
-    """The pieces of an MKD iteration as separate calls, and the leaf tensors whose ``grad``
-    they fill. Inputs of the decoder and of the losses are detached leaves that require grad,
-    so backward runs through the piece and stops at its input."""
-    student, distiller = model.student, model.distiller
-    images = student.preprocess_image(batch).tensor
-    mask = model.draw_masks(batch)
-
-    def backbone(masked):
-        features = model.masked_student_features(images, mask if masked else None)
-        sum(features[k].sum() for k in model.levels).backward()
-
-    with torch.no_grad():
-        features = model.masked_student_features(images, mask)
-        teacher = model.teacher_features(batch, images)
-        features = {k: features[k].requires_grad_() for k in model.levels}
-        teacher = {k: teacher[k] for k in model.levels}
-        recon = {k: v.requires_grad_() for k, v in distiller.decoder(features, mask).items()}
-    ones = {k: torch.ones_like(v) for k, v in recon.items()}
-    hidden = None
-    if distiller.feature_loss.positions == "hidden":
-        hidden = {k: 1 - mask.at_feature(v, distiller.strides[k]) for k, v in recon.items()}
-
-    def decoder():
-        out = distiller.decoder(features, mask)
-        torch.autograd.backward([out[k] for k in ones], [ones[k] for k in ones])
-
-    def losses():
-        total = distiller.feature_weight * distiller.feature_loss(recon, teacher, hidden)
-        if distiller.global_loss is not None:
-            total = total + distiller.global_weight * distiller.global_loss(recon, teacher)
-        total.backward()
-
-    pieces = {
-        "student_task": lambda: sum(student(batch).values()).backward(),
-        "mask_draw": lambda: model.draw_masks(batch),
-        "backbone_masked": lambda: backbone(True),
-        "backbone_clean": lambda: backbone(False),
-        "teacher_forward": lambda: model.teacher_features(batch, images),
-        "decoder": decoder,
-        "losses": losses,
-    }
-    return pieces, [*features.values(), *recon.values()]
-
-
-def measure_times(cfg, args, batch, clock):
-    """All timings in one process, interleaved step by step, so that the load of other
-    processes and its drifts hit every row and piece alike."""
-    model = build_mkd(cfg, args.device)
-    student_step, _ = training_step(
-        model.student, build_optimizer(cfg, model.student), batch, clock
-    )
-    optimizer = build_optimizer(cfg, model)
-    mkd_step, step_times = training_step(model, optimizer, batch, clock)
-    pieces, leaves = breakdown_pieces(model, batch)
-    pieces = {"student": student_step, "teacher": teacher_forward(model.teacher, batch),
-              "mkd": mkd_step, LOGGING: logging_step(model, optimizer, batch, clock), **pieces}
-    times = {k: [] for k in pieces}
-    for i in range(args.warmup + args.iters):
-        for name, piece in pieces.items():
-            elapsed = clock(piece)
-            model.zero_grad(set_to_none=True)
-            for leaf in leaves:
-                leaf.grad = None
-            if i >= args.warmup:
-                times[name].append(elapsed)
-    ms = {k: median_ms(v) for k, v in times.items()}
-    parts = {k: ms[k] for k in pieces if k not in ROWS and k != LOGGING}
-    parts["optimizer_step"] = median_ms(step_times[args.warmup:])
-    parts["second_pass"] = parts["backbone_clean"] if model.task_pass == "clean" else 0.0
-    parts["masking"] = parts["mask_draw"] + parts["backbone_masked"] - parts["backbone_clean"]
-    return {"ms": {k: ms[k] for k in ROWS}, "breakdown": parts, "logging_ms": ms[LOGGING]}
 
 
 def run_child(args):
@@ -358,7 +170,7 @@ def run_in_subprocess(args, row, workdir):
     """A fresh interpreter per job: each memory row gets its own peak."""
     output = os.path.join(workdir, f"{row}.json")
     command = [
-        sys.executable, os.path.abspath(__file__), "--config-file", args.config_file,
+        sys.executable, "-m", "mkd_bench.timing", "--config-file", args.config_file,
         "--iters", str(args.iters), "--warmup", str(args.warmup),
         "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
         "--device", args.device, "--row", row, "--row-output", output,
@@ -446,5 +258,5 @@ def main(argv=None):
     return results
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # each job: python -m mkd_bench.timing --row ... (run_in_subprocess)
     main()

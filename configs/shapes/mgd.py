@@ -2,8 +2,8 @@
 schedule (``mkd.py``), no patch masking of the input (MGD masks features).
 
 MGD's published RetinaNet weight (alpha 2e-5 on a summed MSE) times 7.1, calibrated to MKD's
-initial distillation-to-task ratio, 2.4x (``tools/benchmark_distill.py --probe 4``: MGD 2.00x at
-5.9 times the published weight).
+initial distillation-to-task ratio (``tools/benchmark_distill.py --probe 4``; the ratios:
+docs/benchmark.md).
 """
 from detectron2.config import LazyCall as L
 

@@ -1,9 +1,8 @@
 """Feature mimicking (FitNets-style: 1x1 adapter + normalised MSE) on the shapes pair: MKD's
 teacher, student, data and schedule (``mkd.py``), no masking.
 
-Weight 2.0, calibrated: at initialisation (trained teacher, 4 batches, no update) the
-distillation loss is 2.4x the task loss, MKD's ratio at its defaults (``tools/benchmark_distill.py
---probe 4``: mimic 3.15x at weight 2.6, MKD 2.41x).
+Weight 2.0, calibrated: at initialisation the distillation-to-task loss ratio is MKD's at its
+defaults (``tools/benchmark_distill.py --probe 4``; the ratios: docs/benchmark.md).
 """
 from detectron2.config import LazyCall as L
 

@@ -4,10 +4,9 @@ bottom-up pretrained by classification on crops of the train split.
 configs/builtin/retinanet_R18_scratch.py on the shapes dataset (8 classes, 128 px), starting
 from ``output/pretrained/shapes_R18.pth`` (``python tools/pretrain_backbone.py --config-file
 configs/shapes/student.py``, 5.5 min once, cached), as real users start from ImageNet. The
-distillation configs of this directory import their student and schedule from here. Measured on
-2 CPU cores, one thread per run: 300 iterations with a 100-iteration warm-up, about 1 s/iter,
-44.00 +- 1.06 box AP on seeds 0-4 (docs/benchmark.md). With the 25-iteration warm-up of the
-built-in configs at 250 iterations, one run in five learned slowly from the start (std 8.96).
+distillation configs of this directory import their student and schedule from here: 300
+iterations with a 100-iteration warm-up (the built-in configs' 25-iteration warm-up left one run
+in five learning slowly from the start; docs/benchmark.md).
 """
 from ..builtin.retinanet_R18_scratch import (  # noqa: F401  a LazyConfig is its globals
     lr_multiplier,

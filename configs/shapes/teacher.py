@@ -3,9 +3,8 @@ bottom-up (``output/pretrained/shapes_R18.pth``, tools/pretrain_backbone.py), tr
 longer.
 
 Its own copy of the recipe, not an import of student.py, so that tuning the student does not
-change the teacher's config hash and invalidate the cached teacher. Measured on one CPU thread
-(output/shapes_levers.md): 60.8 box AP at 600 iterations (33.6 at 200, 51.6 at 400), 10.4 min at
-about 1 s/iter; from scratch it reached 40.5, below the pretrained student at 300 iterations.
+change the teacher's config hash and invalidate the cached teacher. Its accuracy and cost:
+docs/benchmark.md.
 """
 from ..builtin.retinanet_R18_scratch import (  # noqa: F401  a LazyConfig is its globals
     lr_multiplier,

@@ -13,11 +13,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 __all__ = ["check_datasets_available", "check_training_data", "check_writable"]
 
-#: What a user without the data can train on instead.
-TOY_DATA = ("or train on the built-in toy data instead (generated on first use): a config of "
-            "configs/shapes/ or configs/builtin/, or e.g. dataloader.train.dataset.names="
-            "mkd_shapes_train dataloader.test.dataset.names=mkd_shapes_val with "
-            "configs/common/data/shapes.py's registration")
+#: What a user without usable data can train on instead.
+OTHER_DATA = ("or train on another dataset, e.g. dataloader.train.dataset.names="
+              "mkd_shapes_train (built in)")
 
 # How Detectron2 expects the semantic segmentation datasets it registers, by name prefix.
 LAYOUTS = {
@@ -103,7 +101,7 @@ def check_training_data(names):
             raise ValueError(
                 f"dataset {name!r} has no images: {source} gives none. Register it with the "
                 "annotation file that lists its images (detectron2.data.datasets."
-                f"register_coco_instances(name, {{}}, json_file, image_root)), {TOY_DATA}"
+                f"register_coco_instances(name, {{}}, json_file, image_root)), {OTHER_DATA}"
             )
         if "annotations" in dicts[0] and not any(
                 a.get("iscrowd", 0) == 0 for d in dicts for a in d["annotations"]):
@@ -112,7 +110,7 @@ def check_training_data(names):
                 f"an instance annotation that is not a crowd region ({source}), and Detectron2 "
                 "trains only on images that have one. Register the split with its instance "
                 "annotations (e.g. COCO's instances_train2017.json, not image_info_*.json), "
-                f"{TOY_DATA}"
+                f"{OTHER_DATA}"
             )
 
 
@@ -124,5 +122,8 @@ def missing_files_message(name, missing):
         "Detectron2 looks for its built-in datasets under $DETECTRON2_DATASETS "
         f"(currently {current}; it is read when detectron2.data is first imported), e.g. COCO as "
         "$DETECTRON2_DATASETS/coco/{annotations/instances_train2017.json,train2017/,val2017/}"
-        f"{LAYOUTS.get(name.split('_')[0], '')}. Download the data there, {TOY_DATA}"
+        f"{LAYOUTS.get(name.split('_')[0], '')}. Download the data there, or train on the "
+        "built-in dataset instead (generated on first use): use a config from configs/shapes/ or "
+        "configs/builtin/, or override e.g. dataloader.train.dataset.names=mkd_shapes_train "
+        "dataloader.test.dataset.names=mkd_shapes_val (or mkd_digits_{train,val})"
     )

@@ -229,7 +229,7 @@ class FeatureDistillation(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        from .config import mkd_kwargs_from_yacs
+        from ..config import mkd_kwargs_from_yacs
 
         return mkd_kwargs_from_yacs(cfg)
 

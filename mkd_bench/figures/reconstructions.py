@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """What MKD's decoder learned: the teacher's features next to the masked student's reconstruction.
 
 For each chosen image, one PNG with a row per distilled FPN level and five panels per row:
@@ -16,9 +15,12 @@ For each chosen image, one PNG with a row per distilled FPN level and five panel
 Panels 3-5 outline the hidden patches (the maps are drawn in image pixels, so they line up).
 
 One mask (``model.masker`` with seed ``--seed``, step 0) serves both models, so before and after
-differ by their weights only. Everything runs in eval mode (BN with running statistics).
+differ by their weights only. The models are in eval mode (BN with running statistics), except
+the masked pass, which runs as training ran it (``masked_student_features_as_trained``: BN on
+batch statistics, which are what the decoder learned from); the reconstruction is the
+distiller's own (``MKDDistiller.reconstruct``).
 
-    python tools/visualize_mkd.py --config-file configs/builtin/retinanet_R50_to_R18_mkd.py \
+    python tools/visualize_mkd.py --config-file configs/builtin/retinanet_R50_to_R18_mkd.py \\
         --checkpoint output/retinanet_R50_to_R18_mkd/model_final.pth --images 2
 
 Config overrides (``path.key=value``) come last; after ``--image-ids``, separate them by ``--``.
@@ -36,8 +38,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
-import mkd
-from mkd import MKDDistiller, load_verified_weights, normalize_features
+from mkd import FeatureDistillation, MKDDistiller, load_verified_weights, normalize_features
 from mkd.modeling.meta_arch import image_key
 
 
@@ -118,7 +119,8 @@ def _energy(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def compute_panels(before: mkd.FeatureDistillation, after: mkd.FeatureDistillation, batched_input: Dict) -> ImagePanels:
+def compute_panels(before: FeatureDistillation, after: FeatureDistillation,
+                   batched_input: Dict) -> ImagePanels:
     """The panels of one image (a test mapper's output). ``after`` provides the teacher and the
     mask (``after.masker`` at step 0); both models share the preprocessing of one config."""
     image = batched_input["image"]
@@ -134,7 +136,7 @@ def compute_panels(before: mkd.FeatureDistillation, after: mkd.FeatureDistillati
     reconstructed = {}
     for name, model in (("before", before), ("after", after)):
         features = model.masked_student_features_as_trained(images.tensor, mask)
-        decoded = model.distiller.decoder({k: features[k] for k in model.levels}, mask)
+        decoded = model.distiller.reconstruct({k: features[k] for k in model.levels}, mask)
         reconstructed[name] = {k: normalize_features(v, mode) for k, v in decoded.items()}
     strides = after.student.backbone.output_shape()
     levels = []
@@ -273,6 +275,3 @@ def main(argv=None) -> List[str]:
         paths.append(path)
     return paths
 
-
-if __name__ == "__main__":
-    main()

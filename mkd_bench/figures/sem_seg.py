@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Semantic segmentation models side by side: a few val images in a grid, one row per image (the
 image, its ground truth, then each model's predicted labels), one colour per class on every panel
 (the dataset's ``stuff_colors``, else matplotlib's tab10 then Detectron2's colormap without their
@@ -155,6 +154,3 @@ def main(argv=None) -> Dict[str, List[np.ndarray]]:
     models = {label: load_run(*source) for label, *source in args.model}
     return figure(models, args.output, args.images, args.dataset)
 
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,6 @@
-"""tools/diagnose_mkd.py: its measures on constructed features, then the whole tool on tiny MKD,
-mimic and undistilled runs trained by tools/train_net.py on the built-in digits."""
+"""tools/diagnose_mkd.py (``mkd_bench.diagnose``): its measures on constructed features, then the
+whole tool on tiny MKD, mimic and undistilled runs trained by tools/train_net.py on the built-in
+digits."""
 import contextlib
 import itertools
 import math
@@ -9,8 +10,9 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 
 from mkd.engine import train as train_net
-from mkd_bench import diagnose
-from tests.helpers import REPO, train_net_setup
+from mkd.modeling.meta_arch import image_key
+from mkd_bench.diagnose import cli, errors, records, weighting
+from tests.helpers import REPO, run_tool, train_net_setup
 
 BUILTIN = REPO / "configs" / "builtin"
 LEVELS = ["p3", "p4", "p5", "p6", "p7"]
@@ -29,21 +31,21 @@ def _features(seed, channels=8, size=(6, 5)):
 
 def test_error_is_zero_for_the_teacher_one_for_its_channel_mean_and_ignores_scale():
     teacher = _features(0)
-    assert diagnose.squared_error_map(teacher, teacher, "channel").abs().max() < 1e-10
+    assert errors.squared_error_map(teacher, teacher, "channel").abs().max() < 1e-10
     # Per-channel standardisation forgives a per-channel affine map, not a mixing of channels.
     affine = teacher * torch.arange(1.0, 9.0).view(1, 8, 1, 1) - 5
-    assert diagnose.squared_error_map(affine, teacher, "channel").abs().max() < 1e-8
+    assert errors.squared_error_map(affine, teacher, "channel").abs().max() < 1e-8
     mean = teacher.mean(dim=(2, 3), keepdim=True).expand_as(teacher)
-    assert diagnose.squared_error_map(mean, teacher, "channel").mean() == pytest.approx(1, abs=1e-4)
+    assert errors.squared_error_map(mean, teacher, "channel").mean() == pytest.approx(1, abs=1e-4)
     mixed = teacher.roll(1, dims=1)
-    assert diagnose.squared_error_map(mixed, teacher, "channel").mean() > 0.5
+    assert errors.squared_error_map(mixed, teacher, "channel").mean() > 0.5
 
 
 def test_weighted_mean_weighs_positions_and_is_nan_without_weight():
     maps = [torch.tensor([[[1.0, 3.0]]]), torch.tensor([[[5.0, 7.0]]])]
     weights = [torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[0.5, 0.5]]])]
-    assert diagnose.weighted_mean(maps, weights) == pytest.approx((1 + 2.5 + 3.5) / 2)
-    assert math.isnan(diagnose.weighted_mean(maps, [torch.zeros(1, 1, 2)] * 2))
+    assert errors.weighted_mean(maps, weights) == pytest.approx((1 + 2.5 + 3.5) / 2)
+    assert math.isnan(errors.weighted_mean(maps, [torch.zeros(1, 1, 2)] * 2))
 
 
 def test_linear_readout_recovers_a_linear_map_and_not_noise():
@@ -51,11 +53,11 @@ def test_linear_readout_recovers_a_linear_map_and_not_noise():
     mixing = torch.randn(6, 10, generator=torch.Generator().manual_seed(9))
     # The student: the teacher's channels mixed into 10 others, each with its own scale.
     students = [torch.einsum("nchw,cd->ndhw", t, mixing) * 4 + 2 for t in teachers]
-    assert diagnose.linear_readout_error(students, teachers, "channel") < 0.05
+    assert errors.linear_readout_error(students, teachers, "channel") < 0.05
     noise = [_features(10 + i, channels=10, size=(8, 8)) for i in range(4)]
-    assert diagnose.linear_readout_error(noise, teachers, "channel") > 0.9
+    assert errors.linear_readout_error(noise, teachers, "channel") > 0.9
     with pytest.raises(ValueError, match="at least 2 images"):
-        diagnose.linear_readout_error(students[:1], teachers[:1], "channel")
+        errors.linear_readout_error(students[:1], teachers[:1], "channel")
 
 
 @pytest.fixture(scope="module")
@@ -87,29 +89,29 @@ def diagnosis(trained_runs, tmp_path_factory):
     """The tool on the three runs; the mimic run given as config + checkpoint."""
     out = tmp_path_factory.mktemp("diagnosis")
     mimic = trained_runs["mimic"]
-    records = diagnose.main([
+    measured = cli.main([
         "--runs", trained_runs["none"], trained_runs["mkd"], "--config-file",
         f"{mimic}/config.yaml", "--checkpoint", f"{mimic}/model_final.pth", "--images", "2",
         "--output-dir", str(out)])
-    return {record.method: record for record in records}, out
+    return {record.method: record for record in measured}, out
 
 
 @pytest.mark.slow
 def test_report_has_a_finite_row_per_level_and_every_figure(diagnosis):
-    records, out = diagnosis
-    assert set(records) == {"mkd", "mimic", "none"}
+    runs, out = diagnosis
+    assert set(runs) == {"mkd", "mimic", "none"}
     expected = {
-        "mkd": {diagnose.BASELINE, *diagnose.DECODER, diagnose.OTHER_STUDENT, diagnose.RAW,
-                diagnose.READOUT},
-        "mimic": {diagnose.BASELINE, diagnose.RAW, diagnose.READOUT, diagnose.ADAPTER},
-        "none": {diagnose.BASELINE, diagnose.RAW, diagnose.READOUT},
+        "mkd": {errors.BASELINE, *errors.DECODER, errors.OTHER_STUDENT, errors.RAW,
+                errors.READOUT},
+        "mimic": {errors.BASELINE, errors.RAW, errors.READOUT, errors.ADAPTER},
+        "none": {errors.BASELINE, errors.RAW, errors.READOUT},
     }
-    for method, record in records.items():
+    for method, record in runs.items():
         assert [row["level"] for row in record.errors] == LEVELS
         for row in record.errors:
             assert set(row) - {"level", "positions/image"} == expected[method]
             assert all(math.isfinite(row[c]) and row[c] >= 0 for c in expected[method])
-        baseline = [row[diagnose.BASELINE] for row in record.errors]
+        baseline = [row[errors.BASELINE] for row in record.errors]
         assert baseline == pytest.approx([1.0] * SIGNAL + [0.0, 0.0], abs=1e-3)
         assert record.task_terms == ["loss_box_reg", "loss_cls"]
         assert record.task_losses["loss_cls"] > 0
@@ -127,23 +129,23 @@ def test_report_has_a_finite_row_per_level_and_every_figure(diagnosis):
 
 @pytest.mark.slow
 def test_loss_curves_split_task_and_distillation_terms(diagnosis):
-    records, _ = diagnosis
+    runs, _ = diagnosis
     for method, terms in (("mkd", ["loss_mkd_feat", "loss_mkd_global"]), ("mimic", ["loss_mimic"])):
-        rows = diagnose.loss_rows(records[method])
+        rows = records.loss_rows(runs[method])
         assert [row["iteration"] for row in rows] == [1, 2]
         for row in rows:
             assert row["distillation"] == pytest.approx(sum(row[t] for t in terms))
             assert row["task"] == pytest.approx(row["loss_cls"] + row["loss_box_reg"])
             assert row["ratio"] == pytest.approx(row["distillation"] / row["task"])
-    for row in diagnose.loss_rows(records["none"]):
+    for row in records.loss_rows(runs["none"]):
         assert row["distillation"] == 0 and math.isnan(row["ratio"])
 
 
 @pytest.mark.slow
 def test_level_weighting_shares_sum_to_one_and_level_terms_sum_to_the_loss(diagnosis):
-    records, _ = diagnosis
-    assert not records["none"].weighting
-    mkd = records["mkd"]
+    runs, _ = diagnosis
+    assert not runs["none"].weighting
+    mkd = runs["mkd"]
     assert [row["level"] for row in mkd.weighting] == LEVELS
     for share in ("feature share", "global share", "feature grad share", "global grad share"):
         assert sum(row[share] for row in mkd.weighting) == pytest.approx(1.0)
@@ -161,7 +163,7 @@ def test_level_weighting_shares_sum_to_one_and_level_terms_sum_to_the_loss(diagn
     assert totals["task grad norm"] > 0 and totals["distillation grad norm"] > 0
     assert -1 <= totals["cosine(task grad, distillation grad)"] <= 1
     # Mimic, the control: the same feature loss on its adapter, no global loss.
-    mimic = records["mimic"]
+    mimic = runs["mimic"]
     assert [row["level"] for row in mimic.weighting] == LEVELS
     assert sum(row["feature grad share"] for row in mimic.weighting) == pytest.approx(1.0)
     assert all(row["feature grad share"] > 0 for row in mimic.weighting[:SIGNAL])
@@ -174,16 +176,16 @@ def test_level_weighting_shares_sum_to_one_and_level_terms_sum_to_the_loss(diagn
 def mkd_model(diagnosis):
     """The MKD run's model as the tool builds it, and two of its images."""
     run = diagnosis[0]["mkd"]
-    model = diagnose.build_model(run, seed=0, teacher_weights=None, device="cpu")
-    return model, diagnose.diagnosis_inputs(run.cfg, None, 2)
+    model = records.build_model(run, seed=0, teacher_weights=None, device="cpu")
+    return model, records.diagnosis_inputs(run.cfg, None, 2)
 
 
 @pytest.mark.slow
 def test_training_mode_measurements_leave_the_model_unchanged(mkd_model):
     model, inputs = mkd_model
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    diagnose.level_weighting(model, inputs)
-    diagnose.task_losses(model, inputs)
+    weighting.level_weighting(model, inputs)
+    records.task_losses(model, inputs)
     assert not model.training
     for key, value in model.state_dict().items():  # BN running statistics included
         assert torch.equal(value, before[key]), key
@@ -216,30 +218,30 @@ def _decoder_replaced(model, decoder):
 @pytest.mark.slow
 def test_a_decoder_that_outputs_the_teacher_scores_zero(mkd_model):
     model, inputs = mkd_model
-    teacher = diagnose.teacher_maps(model, inputs)
-    trained = diagnose.reconstruction_errors(model, inputs, teacher, LEVELS, "channel")
+    teacher = errors.teacher_maps(model, inputs)
+    trained = errors.reconstruction_errors(model, inputs, teacher, LEVELS, "channel")
     with _decoder_replaced(model, _OracleDecoder(teacher)):
-        oracle = diagnose.reconstruction_errors(model, inputs, teacher, LEVELS, "channel")
+        oracle = errors.reconstruction_errors(model, inputs, teacher, LEVELS, "channel")
     for before, after in zip(trained[:SIGNAL], oracle[:SIGNAL]):  # 1x1 maps: zero either way
-        for column in diagnose.DECODER:
+        for column in errors.DECODER:
             assert before[column] > 0.1 and after[column] == pytest.approx(0, abs=1e-6)
         # The oracle ignores its input: fed another image's student it is just as perfect.
-        assert after[diagnose.OTHER_STUDENT] == pytest.approx(0, abs=1e-6)
-        assert before[diagnose.OTHER_STUDENT] > 0.1
-        for column in (diagnose.BASELINE, diagnose.RAW, diagnose.READOUT):  # decoder-free
+        assert after[errors.OTHER_STUDENT] == pytest.approx(0, abs=1e-6)
+        assert before[errors.OTHER_STUDENT] > 0.1
+        for column in (errors.BASELINE, errors.RAW, errors.READOUT):  # decoder-free
             assert after[column] == pytest.approx(before[column])
 
 
 def test_refuses_unfinished_runs_and_runs_without_a_teacher(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"not a finished run: .*config\.yaml.* missing"):
-        diagnose.main(["--runs", str(tmp_path), "--output-dir", str(tmp_path / "out")])
+        cli.main(["--runs", str(tmp_path), "--output-dir", str(tmp_path / "out")])
     LazyConfig.save(LazyConfig.load(str(BUILTIN / "retinanet_R18_scratch.py")),
                     str(tmp_path / "config.yaml"))
     (tmp_path / "model_final.pth").write_bytes(b"")
     with pytest.raises(ValueError, match="no distilled run among the runs.*add one"):
-        diagnose.main(["--runs", str(tmp_path), "--output-dir", str(tmp_path / "out")])
+        cli.main(["--runs", str(tmp_path), "--output-dir", str(tmp_path / "out")])
     with pytest.raises(SystemExit):
-        diagnose.parse_args(["--runs", str(tmp_path), "--images", "1"])
+        cli.parse_args(["--runs", str(tmp_path), "--images", "1"])
 
 
 class _RecordingDecoder(torch.nn.Module):
@@ -260,20 +262,30 @@ def test_the_decoder_is_scored_on_the_masked_pass_as_training_ran_it(mkd_model):
     statistics; the model's mode and state unchanged afterwards."""
     model, inputs = mkd_model
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    teacher = diagnose.teacher_maps(model, inputs)
+    teacher = errors.teacher_maps(model, inputs)
     with _decoder_replaced(model, _RecordingDecoder(model.distiller.decoder)) as recorder:
-        diagnose.reconstruction_errors(model, inputs, teacher, LEVELS, "channel")
+        errors.reconstruction_errors(model, inputs, teacher, LEVELS, "channel")
     seen = recorder.seen
     assert not model.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     images = model.student.preprocess_image(inputs[:1]).tensor
     mask = model.masker([tuple(inputs[0]["image"].shape[-2:])],
-                        [diagnose.image_key(inputs[0], 0)], step=0)
+                        [image_key(inputs[0], 0)], step=0)
     with torch.no_grad():
         in_eval = model.masked_student_features(images, mask)
-        with diagnose.training_mode(model):  # restores the running statistics
+        with records.training_mode(model):  # restores the running statistics
             in_training = model.masked_student_features(images, mask)
     for level in ("p3", "p4"):
         torch.testing.assert_close(seen[0][level], in_training[level])
         assert not torch.allclose(seen[0][level], in_eval[level], atol=1e-3)
+
+
+def test_the_tool_is_the_diagnosis_command_line(capsys):
+    """tools/diagnose_mkd.py only runs ``mkd_bench.diagnose.cli``: the options and sections are
+    its."""
+    with pytest.raises(SystemExit) as exited:
+        run_tool("diagnose_mkd", ["--help"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert "**Per-level weighting**" in printed and "--teacher-weights" in printed

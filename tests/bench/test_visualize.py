@@ -1,3 +1,5 @@
+"""tools/visualize_mkd.py (``mkd_bench.figures.reconstructions``): the panels of the teacher's
+features and the decoder's reconstructions before and after training."""
 import math
 
 import numpy as np
@@ -7,14 +9,13 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
 from mkd import PatchMasker
-from tests.helpers import REPO
+from mkd_bench.figures import reconstructions as visualize
+from tests.helpers import REPO, run_tool
 
 CONFIG = str(REPO / "configs/builtin/retinanet_R50_to_R18_mkd.py")
 MIMIC = str(REPO / "configs/builtin/retinanet_R50_to_R18_mimic.py")
 SMALL = ["model.distiller.decoder.width=32", "model.distiller.decoder.num_heads=4",
          "model.masker.seed=0"]
-
-from mkd_bench.figures import reconstructions as visualize
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,12 @@ def test_refuses_a_distiller_without_decoder_and_a_teacher_without_weights(tmp_p
     with pytest.raises(ValueError, match="--teacher-weights"):
         visualize.main(["--config-file", CONFIG, "--checkpoint", str(tmp_path / "x.pth"),
                         "model.teacher_weights=null"])
+
+
+def test_the_tool_is_the_figures_command_line(capsys):
+    """tools/visualize_mkd.py only runs ``mkd_bench.figures.reconstructions``."""
+    with pytest.raises(SystemExit) as exited:
+        run_tool("visualize_mkd", ["--help"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert "What MKD's decoder learned" in printed and "--initial-checkpoint" in printed

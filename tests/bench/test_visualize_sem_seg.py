@@ -1,5 +1,6 @@
-"""tools/visualize_sem_seg.py: the predictions grid of semantic segmentation models, each built
-as train_net.py --eval-only builds it, coloured one colour per class with the ignored label grey."""
+"""tools/visualize_sem_seg.py (``mkd_bench.figures.sem_seg``): the predictions grid of semantic
+segmentation models, each built as train_net.py --eval-only builds it, coloured one colour per
+class with the ignored label grey."""
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,7 @@ from PIL import Image
 
 from mkd_bench.datasets import shapes
 from mkd_bench.figures import sem_seg as vis
-from tests.helpers import REPO
+from tests.helpers import REPO, run_tool
 
 SHAPES_SEG = REPO / "configs" / "shapes_seg"
 VAL = "mkd_shapes_sem_seg_val"
@@ -97,3 +98,12 @@ def test_a_model_must_be_a_finished_run_or_a_config_and_a_checkpoint(tmp_path, c
     with pytest.raises(SystemExit):
         vis.main(["--model", "student"])
     assert "give LABEL RUN_DIR or LABEL CONFIG CHECKPOINT" in capsys.readouterr().err
+
+
+def test_the_tool_is_the_figures_command_line(capsys):
+    """tools/visualize_sem_seg.py only runs ``mkd_bench.figures.sem_seg``."""
+    with pytest.raises(SystemExit) as exited:
+        run_tool("visualize_sem_seg", ["--help"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert "Semantic segmentation models side by side" in printed and "--model" in printed

@@ -59,6 +59,7 @@ from torch import nn
 import mkd_bench.datasets
 from mkd import MKD, PatchMasker
 from mkd.engine import train as train_net
+from mkd.engine.datasets import check_training_data
 from mkd.engine.overrides import apply_known_overrides
 from tests import helpers
 from tests.helpers import REPO, mkd_distiller, read_tree
@@ -285,7 +286,7 @@ def test_dataset_without_objects(coco_dataset, previous_run, crowd):
     # One image with an object is enough (the check is not stricter than Detectron2).
     annotations.append({"id": 2, "image_id": 2, "category_id": 1, "bbox": [4, 4, 20, 20],
                         "area": 400, "iscrowd": 0})
-    mkd_bench.datasets.check_training_data([coco_dataset(IMAGES, annotations)])
+    check_training_data([coco_dataset(IMAGES, annotations)])
 
 
 def test_builtin_dataset_root_not_writable(tmp_path, previous_run):

@@ -170,18 +170,21 @@ def test_python_3_12_with_detectron2_installs_nothing_pinned(tmp_path):
     assert [call["pip"][0] for call in calls] == ["install"] and "-e" in calls[0]["pip"]
 
 
-def test_setup_cfg_lists_every_package_of_projects_mkd():
-    """setup.cfg maps ``mkd`` to projects/MKD/ and lists its packages by hand (setuptools' find:
-    would name them MKD.*): a new subpackage must be listed, or an install would lack it."""
+def test_setup_cfg_finds_every_package_of_the_method_and_the_harness():
+    """setup.cfg lets setuptools find the packages (``find:`` with an include list): a folder of
+    modules without ``__init__.py`` would be left out of an install, and so would a package the
+    include list misses; tests and configs are not packages of the install."""
     import configparser
+
+    from setuptools import find_packages
 
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
-    listed = {name.strip() for name in cfg["options"]["packages"].split(",")}
-    root = REPO / "projects" / "MKD"
-    found = {".".join(("mkd",) + init.parent.relative_to(root).parts)
-             for init in root.rglob("__init__.py")}
-    assert listed == found
+    include = [p.strip() for p in cfg["options.packages.find"]["include"].split(",")]
+    found = set(find_packages(str(REPO), include=include))
+    folders = {path.parent for top in ("mkd", "mkd_bench") for path in (REPO / top).rglob("*.py")}
+    assert found == {".".join(folder.relative_to(REPO).parts) for folder in folders}
+    assert {"mkd", "mkd.modeling.distillers", "mkd.engine", "mkd_bench.datasets"} <= found
 
 
 # -- tools/install/install_d2main.sh -----------------------------------------------------------

@@ -208,7 +208,7 @@ def test_losses_are_fp32_and_finite_under_autocast(tmp_path, name):
 def test_masked_mimic_scores_the_masked_students_features(tmp_path, monkeypatch):
     from mkd import PatchMasker
 
-    with pytest.raises(ValueError, match="give MKD a masker"):
+    with pytest.raises(ValueError, match="give the model a masker"):
         make_mkd(tmp_path, distiller=MimicDistiller(masked=True), masker=None)
     model = make_mkd(tmp_path, distiller=MimicDistiller(masked=True),
                      masker=PatchMasker(patch_size=32, mask_ratio=0.5))

@@ -189,6 +189,75 @@ def test_hidden_positions_loss_weighs_each_level_by_the_patches_it_sees():
     torch.testing.assert_close(loss["loss_mkd_feat"], expected)
 
 
+def _mkd_on_random_features(positions="all", scale=1.0, size=(96, 160)):
+    """An MKD distiller (feature and global losses, unequal weights) on P5-P7 of a ``size``
+    batch (P6 2 x 3, P7 1 x 2 at 96 x 160), its features and an applied mask."""
+    levels = {k: STRIDES[k] for k in ("p5", "p6", "p7")}
+    torch.manual_seed(0)
+    distiller = MKDDistiller(
+        decoder=MKDDecoder(width=16, depth=1, num_heads=2, patch_size=32),
+        feature_loss=FeatureLoss(positions=positions), global_loss=GlobalLoss(),
+        feature_weight=2.0, global_weight=0.5, student_gradient_scale=scale,
+    ).build(*[{k: ShapeSpec(channels=c, stride=s) for k, s in levels.items()} for c in (8, 12)])
+    mask = PatchMasker(patch_size=32, mask_ratio=0.5, seed=0)([size, (64, 90)], [0, 1], 0)
+    mask.padded_size = size
+    return distiller, _features(8, *size, levels=levels), _features(12, *size, levels=levels), mask
+
+
+@pytest.mark.parametrize("positions", ["all", "hidden"])
+def test_mkd_forward_is_the_weighted_sum_of_its_level_terms_bit_for_bit(positions):
+    distiller, student, teacher, mask = _mkd_on_random_features(positions)
+    losses = distiller(student, teacher, DistillContext(image_size=(96, 160), mask=mask))
+    reconstructed = distiller.reconstruct(student, mask)
+    for level, x in distiller.decoder(student, mask).items():
+        assert torch.equal(reconstructed[level], x), level
+    terms = distiller.level_terms(reconstructed, teacher, mask)
+    assert {name: (weight, set(per_level)) for name, (weight, per_level) in terms.items()} == {
+        "loss_mkd_feat": (2.0, {"p5", "p6", "p7"}), "loss_mkd_global": (0.5, {"p5", "p6", "p7"})}
+    assert losses.keys() == terms.keys()
+    for name, (weight, per_level) in terms.items():
+        assert torch.equal(losses[name], weight * sum(per_level.values())), name
+
+
+def test_mkd_hidden_positions_are_each_levels_hidden_share_and_weigh_only_the_hidden_loss():
+    distiller, student, teacher, mask = _mkd_on_random_features("hidden")
+    reconstructed = distiller.reconstruct(student, mask)
+    hidden = distiller.hidden_positions(reconstructed, mask)
+    for level, stride in (("p5", 32), ("p6", 64), ("p7", 128)):
+        torch.testing.assert_close(hidden[level], _hidden_reference(mask, stride))
+    assert 0 < float(hidden["p5"].mean()) < 1 and set(hidden["p5"].unique().tolist()) == {0, 1}
+    terms = distiller.level_terms(reconstructed, teacher, mask)["loss_mkd_feat"][1]
+    expected = FeatureLoss(positions="hidden").level_terms(reconstructed, teacher, hidden)
+    all_positions = FeatureLoss().level_terms(reconstructed, teacher)
+    for level, term in terms.items():
+        torch.testing.assert_close(term, expected[level])
+        assert not torch.allclose(term, all_positions[level]), level
+    # Over all positions the mask does not enter the feature loss.
+    distiller.feature_loss = FeatureLoss()
+    terms = distiller.level_terms(reconstructed, teacher, mask)["loss_mkd_feat"][1]
+    for level, term in terms.items():
+        torch.testing.assert_close(term, all_positions[level])
+
+
+def test_mkd_reconstruct_scales_only_the_gradient_into_the_student():
+    gradients = []
+    for scale in (1.0, 3.0, 0.0):
+        distiller, student, teacher, mask = _mkd_on_random_features(scale=scale)
+        student = {k: v.requires_grad_() for k, v in student.items()}
+        reconstructed = distiller.reconstruct(student, mask)
+        sum(x.pow(2).sum() for x in reconstructed.values()).backward()
+        gradients.append((reconstructed, {k: v.grad for k, v in student.items()},
+                          [p.grad for p in distiller.decoder.parameters()]))
+    (plain, into_student, own), *scaled = gradients
+    for scale, (reconstructed, scaled_into_student, scaled_own) in zip((3.0, 0.0), scaled):
+        for level, x in plain.items():
+            assert torch.equal(reconstructed[level], x), (scale, level)
+            assert into_student[level].abs().sum() > 0
+            torch.testing.assert_close(scaled_into_student[level], scale * into_student[level])
+        for grad, scaled_grad in zip(own, scaled_own):
+            torch.testing.assert_close(scaled_grad, grad)
+
+
 def _default_mkd(tmp_path):
     """MKD with configs/common/mkd.py's distiller and masker, on the tiny pair."""
     cfg = LazyConfig.load(str(DEFAULTS))

@@ -9,7 +9,6 @@ from detectron2.engine import SimpleTrainer, hooks
 from detectron2.utils.events import EventStorage, JSONWriter
 from torch import nn
 
-import mkd.modeling.distillers
 from mkd import FeatureLoss, GlobalLoss, MKDDistiller, PatchMasker
 from mkd.modeling.losses import spatial_correlation
 from tests import helpers
@@ -69,7 +68,7 @@ def test_logging_changes_no_loss_and_off_iterations_compute_no_correlation(tmp_p
     def refuse(*args):
         raise AssertionError("the correlation was computed on an iteration that does not log")
 
-    monkeypatch.setattr(mkd.modeling.distillers, "spatial_correlation", refuse)
+    monkeypatch.setattr("mkd.modeling.distillers.mkd.spatial_correlation", refuse)
     model.distiller.log_period = 20
     with EventStorage(19):
         model(batch)

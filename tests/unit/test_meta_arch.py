@@ -140,7 +140,7 @@ def test_bad_levels_and_configuration_raise(tmp_path):
     with pytest.raises(ValueError, match="share none"):
         MKD(student=helpers.build("retinanet", 18, 32), teacher=disjoint,
             distiller=mkd_distiller(), masker=PatchMasker())
-    with pytest.raises(ValueError, match="masks the student: give MKD a masker"):
+    with pytest.raises(ValueError, match="masks the student: give the model a masker"):
         make_mkd(tmp_path, masker=None)
     with pytest.raises(ValueError, match="task_pass"):
         make_mkd(tmp_path, task_pass="both")

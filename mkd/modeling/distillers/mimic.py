@@ -25,6 +25,11 @@ class MimicDistiller(AlignedDistiller):
         self.feature_loss = FeatureLoss(normalize=normalize)
         self.masks_student_input = masked
 
+    def level_terms(self, student, teacher):
+        """``{"loss_mimic": (weight, {level: term})}``: what ``forward`` sums (and the
+        diagnosis weighs per level)."""
+        return {"loss_mimic": (self.weight,
+                               self.feature_loss.level_terms(self.aligned(student), teacher))}
+
     def forward(self, student, teacher, context):
-        terms = self.feature_loss.level_terms(self.aligned(student), teacher)
-        return self.weighted_losses({"loss_mimic": (self.weight, terms)})
+        return self.weighted_losses(self.level_terms(student, teacher))

@@ -19,7 +19,11 @@ class MKDDistiller(FeatureDistiller):
     ``student_gradient_scale`` multiplies the gradient the decoder sends back into the student
     (the losses and the decoder's own gradients are unchanged): how hard the student is pulled,
     apart from how fast the decoder learns, which the loss weights set together. 1 is the
-    paper's; other values are this project's variant."""
+    paper's; other values are this project's variant.
+
+    ``forward`` is ``reconstruct``, then ``level_terms``, weighed and summed: public steps, so
+    that what measures MKD (time per piece, reconstruction error, per-level weighting) runs
+    the code training runs rather than a copy of it."""
 
     masks_student_input = True
     adapts_channels = True
@@ -59,20 +63,38 @@ class MKDDistiller(FeatureDistiller):
             self.global_loss.build({k: v.channels for k, v in teacher_shapes.items()})
         return self
 
-    def forward(self, student, teacher, context):
-        if context.mask is None:
-            raise ValueError("MKDDistiller needs the student's patch mask (a masker)")
+    def reconstruct(self, student, mask):
+        """The decoder's reconstruction of the teacher's features at every level, from the
+        student's masked features; the gradient it sends back into the student is scaled by
+        ``student_gradient_scale``."""
         student = {k: scale_gradient(v, self.student_gradient_scale) for k, v in student.items()}
-        reconstructed = self.decoder(student, context.mask)
+        return self.decoder(student, mask)
+
+    def hidden_positions(self, features, mask):
+        """Per level, (N, 1, H, W): the hidden share of each position's pixels (1 where its
+        patch was hidden, a fraction where a coarse position spans several patches), the weights
+        of ``FeatureLoss(positions="hidden")``. ``features``: maps of the batch ``mask`` was
+        applied to."""
+        return {k: 1 - mask.at_feature(v, self.strides[k]) for k, v in features.items()}
+
+    def level_terms(self, reconstructed, teacher, mask):
+        """``{loss name: (weight, {level: term})}`` of ``reconstructed`` (``reconstruct``'s
+        output) against the teacher's features: what ``forward`` weighs, sums and logs."""
         hidden = None
         if self.feature_loss.positions == "hidden":
-            hidden = {k: 1 - context.mask.at_feature(v, self.strides[k])
-                      for k, v in reconstructed.items()}
+            hidden = self.hidden_positions(reconstructed, mask)
         terms = {"loss_mkd_feat": (self.feature_weight,
                                    self.feature_loss.level_terms(reconstructed, teacher, hidden))}
         if self.global_loss is not None:
             terms["loss_mkd_global"] = (self.global_weight,
                                         self.global_loss.level_terms(reconstructed, teacher))
+        return terms
+
+    def forward(self, student, teacher, context):
+        if context.mask is None:
+            raise ValueError("MKDDistiller needs the student's patch mask (a masker)")
+        reconstructed = self.reconstruct(student, context.mask)
+        terms = self.level_terms(reconstructed, teacher, context.mask)
         return self.weighted_losses(terms, extra=lambda: {"r": {
             k: spatial_correlation(x, teacher[k])
             for k, x in reconstructed.items() if x.shape[-2:].numel() > 1}})
