@@ -1,5 +1,5 @@
-#!/usr/bin/env python
-"""``make demo``: MKD end to end on the shapes proxy (``configs/shapes/``), on CPU.
+"""``make demo`` (``python tools/shapes_demo.py``): MKD end to end on the shapes proxy
+(``configs/shapes/``), on CPU.
 
 1. checks the environment (``make demo`` installed it);
 2. generates the shapes dataset if missing;
@@ -28,9 +28,9 @@ import math
 import os
 import time
 
-from mkd_bench import pretrain as pretrain_backbone
-from mkd_bench import runs
-from mkd_bench.distill_benchmark import PAIRS, SMOKE_ITER, SMOKE_PRETRAINING, start_from
+from mkd_bench import pretrain, runs
+from mkd_bench.pairs import PAIRS, SMOKE_ITER, SMOKE_PRETRAINING
+from mkd_bench.plan import start_from
 
 COLUMNS = ["run", "iterations", *runs.METRICS, "s/iter"]
 PAIR = PAIRS["shapes"]
@@ -40,7 +40,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="./demo_output")
-    parser.add_argument("--pretrain-iter", type=int, default=pretrain_backbone.Settings().iters,
+    parser.add_argument("--pretrain-iter", type=int, default=pretrain.Settings().iters,
                         help="iterations of the bottom-up's pretraining")
     runs.add_schedule_arguments(parser, teacher_iter=300, student_iter=150)
     parser.add_argument("--seed", type=int, default=0,
@@ -89,13 +89,13 @@ def pretrained_bottom_up(args, out: str) -> str:
     from detectron2.utils.logger import setup_logger
 
     setup_logger(name="mkd.pretrain")  # its progress: minutes on a first demo
-    settings = pretrain_backbone.Settings(
+    settings = pretrain.Settings(
         **SMOKE_PRETRAINING if args.smoke else dict(iters=args.pretrain_iter))
     root = (os.path.join(out, "pretrained") if args.smoke
-            else os.path.abspath(pretrain_backbone.DEFAULT_OUTPUT_ROOT))
+            else os.path.abspath(pretrain.DEFAULT_OUTPUT_ROOT))
     stage(3, f"bottom-up: R18 pretrained on crops of the train split for {settings.iters} "
              f"iterations (cached by its settings in {root})")
-    path = pretrain_backbone.pretrain(runs.config_path(PAIR.methods["none"], PAIR.folder),
+    path = pretrain.pretrain(runs.config_path(PAIR.methods["none"], PAIR.folder),
                                       settings, root, os.path.join(out, "pretrained_R18.pth"))
     with open(os.path.join(os.path.dirname(path), "accuracy.json")) as f:
         held_out = json.load(f)["held_out_accuracy"]
@@ -177,6 +177,3 @@ def main(argv=None):
         raise SystemExit("some AP values are not finite: see the runs' train.log")
     return rows
 
-
-if __name__ == "__main__":
-    main()

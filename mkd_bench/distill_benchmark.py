@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Distillation benchmark: one teacher, one student, one schedule; a row per method (none,
 mimic, FGD, FGD's published recipe, MGD, MKD) over seeds, on the shapes pair by default
 (``configs/shapes/``; ``--pair digits``: the R50 -> R18 pair of ``configs/builtin/``).
@@ -49,54 +48,30 @@ is a new teacher and new runs. ``--no-pretrained`` trains a pretrained pair from
 
 ``--smoke`` runs any mode for a few iterations on a few generated images (for tests).
 """
+# This module is the command line; mkd_bench.plan holds the rows and their runs, mkd_bench.tuning
+# the weight grid, the tuned factors and the probe, mkd_bench.tables the statistics and verdicts.
 import argparse
 import json
-import math
 import os
-import statistics
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
 
-from mkd_bench import runs
-
-
-from mkd_bench.pairs import (  # noqa: F401  (re-exported for the tools and tests)
-    Task,
-    TASKS,
-    Pair,
-    PAIRS,
-    METHODS,
-    LOSS_WEIGHTS,
-    FACTORS,
-    TUNING_FILE,
-    CALIBRATION_FILE,
-    BASELINES,
-    RECIPES,
-    MIMIC_X3,
-    MKD_MASKER,
-    DISTILLER_ADAMW,
+from mkd_bench import plan, runs, tables, tuning
+from mkd_bench.pairs import (
     ABLATIONS,
-    SMOKE_ITER,
-    SMOKE_OVERRIDES,
-    SMOKE_PRETRAINING,
+    CALIBRATION_FILE,
+    FACTORS,
+    METHODS,
+    PAIRS,
     PROBE_COLUMNS,
-    FIGURE_COLUMNS,
+    SMOKE_ITER,
+    TASKS,
+    TUNING_FILE,
 )
 
 
-def columns(task: Task) -> List[str]:
-    """The table's columns: the headline metric's statistics, then the task's other metrics."""
-    m = task.metric
-    return (["method", "weights", "seeds", "diverged", m, f"{m} std", f"{m} - none",
-             "SE of diff"]
-            + list(task.metrics[1:]) + ["gap closed", "time/iter vs none"])
-
-
-def tune_columns(task: Task) -> List[str]:
-    return ["method", "seeds", "diverged", task.metric, f"{task.metric} std", "chosen"]
-
-
 def parse_args(argv=None):
+    """The options, resolved: a pair implies its task and a task its default pair, the methods
+    default to the pair's rows, and a departure from the pair's pretraining gets its own
+    output directory (its tables and tuned weights apart from the pair's)."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=list(TASKS),
@@ -173,427 +148,6 @@ def parse_args(argv=None):
     return args
 
 
-def config_file(args, method: str, pair: str = "") -> str:
-    """The config of ``method``'s row in ``pair`` (``""``: the command's pair)."""
-    pair = PAIRS[pair or args.pair]
-    return runs.config_path(pair.methods[method], pair.folder)
-
-
-def scaled_weights(config: str, overrides: Sequence[str], method: str, factor: float):
-    """Overrides multiplying every loss weight of ``method`` by ``factor``, on the values the
-    config has with ``overrides`` applied."""
-    if factor == 1.0:
-        return []
-    from omegaconf import OmegaConf
-
-    cfg = runs.load_config(config, overrides)
-    return [f"{key}={OmegaConf.select(cfg, key) * factor!r}" for key in LOSS_WEIGHTS[method]]
-
-
-@dataclass
-class Row:
-    """A row of a table: a method with extra overrides, trained on ``seeds``."""
-    name: str
-    method: str
-    seeds: Sequence[int]
-    extra: Sequence[str] = ()
-    factor: float = 1.0  # on the method's calibrated loss weights
-
-
-def table_rows(args, factors: Dict[str, float]) -> List[Row]:
-    """The table's rows, at the tuned factors (``factors``; x1 where a method has none)."""
-    suffix = f"[{args.tag}]" if args.tag else ""
-    return [Row(m + (suffix if m != "none" else ""), m, args.seeds,
-                [] if m == "none" else list(args.overrides), factors.get(m, 1.0))
-            for m in args.methods]
-
-
-def tuning_rows(args, base: Optional[Dict[str, float]] = None) -> List[Row]:
-    """Each tuned method at each factor of the grid, on the tuning seeds only; ``base``: the
-    grid's x1 per method (``calibration_factors``; 1 where a method has none)."""
-    base = base or {}
-    return [Row(f"{m} x{f:g}", m, args.tune_seeds, list(args.overrides), base.get(m, 1.0) * f)
-            for m in args.methods if m in LOSS_WEIGHTS for f in args.grid]
-
-
-def calibration_factors(args, teacher) -> Dict[str, float]:
-    """The x1 of ``--tune``'s grid per method: under ``--calibration loss`` the configs'
-    calibrated weights (every method at MKD's initial loss ratio: no factor); under
-    ``gradient`` those times the factor that makes the method's distillation send the student's
-    FPN as large a gradient as the task (``--probe``'s, for this teacher)."""
-    if args.calibration == "loss":
-        return {}
-    path = os.path.join(args.output_dir, CALIBRATION_FILE)
-    if not os.path.isfile(path):
-        raise SystemExit(f"--calibration gradient needs {path}: run this command with "
-                         "--probe 4 in place of --tune first")
-    with open(path) as f:
-        probed = json.load(f)
-    if probed["teacher"] != teacher.output_dir:
-        raise SystemExit(f"{path} was probed with the teacher {probed['teacher']}, this "
-                         f"command's is {teacher.output_dir}: rerun --probe")
-    missing = [m for m in args.methods if m in LOSS_WEIGHTS and m not in probed["gradient"]]
-    if missing:
-        raise SystemExit(f"{path} has no gradient factor for {missing}: rerun --probe with "
-                         "these --methods")
-    return probed["gradient"]
-
-
-def ablation(name: str):
-    """``(method, overrides)`` of an ablation: a bare list of overrides varies MKD."""
-    value = ABLATIONS[name]
-    return value if isinstance(value, tuple) else ("mkd", value)
-
-
-def ablation_rows(args, factors: Dict[str, float]) -> List[Row]:
-    """None and MKD as in the table (the same runs), and each ablation's method (MKD unless it
-    says otherwise) with its overrides, at that method's table weights."""
-    mkd = factors.get("mkd", 1.0)
-    rows = [Row("none", "none", args.seeds), Row("mkd", "mkd", args.seeds, args.overrides, mkd)]
-    for name in args.ablations:
-        method, extra = ablation(name)
-        rows.append(Row(f"{method}[{name}]", method, args.seeds, list(args.overrides) + extra,
-                        factors.get(method, 1.0)))
-    return rows
-
-
-def pretrained_bottom_up(args, detector: str = "") -> str:
-    """The checkpoint of ``tools/pretrain_backbone.py`` for the bottom-up of ``detector``
-    (``<folder>/<name>``; ``""``: the pair's student's), trained now if not in its cache
-    (``--smoke``: a tiny one in ``--output-dir``); ``""`` without ``args.pretrained``."""
-    if not args.pretrained:
-        return ""
-    from detectron2.utils.logger import setup_logger
-
-    from mkd_bench import pretrain as pretrain_backbone
-
-    setup_logger(name="mkd.pretrain")  # its progress: minutes on a first command
-    settings = pretrain_backbone.Settings(**SMOKE_PRETRAINING if args.smoke else {})
-    root = (os.path.join(args.output_dir, "pretrained") if args.smoke
-            else os.path.abspath(pretrain_backbone.DEFAULT_OUTPUT_ROOT))
-    print(f"[benchmark] the pretrained bottom-up (tools/pretrain_backbone.py) in {root}",
-          flush=True)
-    detector = detector or PAIRS[args.pair].pretraining_config
-    if detector:
-        folder, name = detector.split("/")
-        config = runs.config_path(name, folder)
-    else:
-        config = config_file(args, "none")
-    return pretrain_backbone.pretrain(config, settings, root,
-                                      overrides=PAIRS[args.pair].overrides)
-
-
-def start_from(bottom_up: str, distilled: bool) -> List[str]:
-    """Overrides starting a run from the pretrained ``bottom_up`` (none for ``""``): a plain
-    detector loads it as ``train.init_checkpoint``, a distilled one as its student's weights."""
-    if not bottom_up:
-        return []
-    return [f"model.student_weights={bottom_up}" if distilled
-            else f"train.init_checkpoint={bottom_up}"]
-
-
-def student_runs(args, rows: Sequence[Row], teacher, schedule, student_score, bottom_up=""):
-    """One run per (row, seed) in ``<output-dir>/<method>/seed<seed>-<config hash>``: a run
-    with the same config is the same directory, whichever row or command asks for it.
-    ``bottom_up``: the pretrained checkpoint every student starts from (``""``: the configs')."""
-    planned, evaluation = {}, TASKS[args.task].evaluation
-    for row in rows:
-        config = config_file(args, row.method)
-        for seed in row.seeds:
-            overrides = list(PAIRS[args.pair].overrides) + list(schedule)
-            overrides += [f"train.seed={seed}"]
-            overrides += start_from(bottom_up, distilled=row.method != "none")
-            if row.method == "none":
-                overrides += student_score
-            else:
-                overrides += [f"model.teacher_weights={teacher.output_dir}/model_final.pth"]
-                overrides += [s.replace("model.", "model.student.", 1) for s in student_score]
-                overrides += list(row.extra)
-                if args.smoke:
-                    overrides += SMOKE_OVERRIDES.get(row.method, [])
-                if row.method == "mkd":
-                    overrides.append(f"model.masker.seed={seed}")
-                overrides += scaled_weights(config, overrides, row.method, row.factor)
-            digest = runs.config_hash(config, overrides)  # a changed config is a new run
-            directory = os.path.join(args.output_dir, row.method, f"seed{seed}-{digest}")
-            planned.setdefault(row.name, []).append(runs.Run(
-                f"{row.name} seed {seed}", config, directory, overrides, evaluation))
-    return planned
-
-
-def unfinished_seed_by_seed(planned: Dict[str, List["runs.Run"]]) -> List["runs.Run"]:
-    """The runs still to train, every row's first seed before any row's second: a command cut
-    short leaves all methods on the same seeds, comparable, instead of the last rows empty."""
-    indexed = [(i, run) for rs in planned.values() for i, run in enumerate(rs) if not run.finished]
-    return [run for _, run in sorted(indexed, key=lambda item: item[0])]
-
-
-def se_of_difference(a: Sequence[float], b: Sequence[float]) -> float:
-    """Standard error of mean(a) - mean(b) for independent seeds: sqrt(s_a²/n_a + s_b²/n_b)."""
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    return math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
-
-
-def gap_closed(method_score: float, none_score: float, teacher_score: float) -> float:
-    """The share of the teacher-student gap (in the mean headline metric) a method closes."""
-    gap = teacher_score - none_score
-    return (method_score - none_score) / gap if gap else math.nan
-
-
-def summarize(planned, teacher, rows: Sequence[Row], metrics: Sequence[str]):
-    """A row per method from each run's final evaluation of ``metrics`` (the headline first),
-    and the teacher's."""
-    m = metrics[0]
-    teacher_final = teacher.evaluations()[-1]
-    factors = {row.name: row.factor for row in rows}
-    score = {name: [r.final_score() for r in rs] for name, rs in planned.items()}
-    speed = {name: statistics.median(r.seconds_per_iter() for r in rs)
-             for name, rs in planned.items()}
-    none = score.get("none", [])
-    none_score = statistics.mean(none) if none else math.nan
-    table = []
-    for name, seed_runs in planned.items():
-        finals = [r.evaluations()[-1] for r in seed_runs if not r.diverged]
-        mean = statistics.mean(score[name])
-        row = {"method": name, "weights": "-" if name == "none" else f"x{factors[name]:g}",
-               "seeds": len(seed_runs), "diverged": sum(r.diverged for r in seed_runs), m: mean,
-               f"{m} std": statistics.stdev(score[name]) if len(seed_runs) > 1 else math.nan,
-               f"{m} - none": mean - none_score, "SE of diff": se_of_difference(score[name], none),
-               "gap closed": gap_closed(mean, none_score, teacher_final[m]),
-               "time/iter vs none": speed[name] / speed.get("none", math.nan)}
-        row.update({k: statistics.mean(e[k] for e in finals) if finals else math.nan
-                    for k in metrics[1:]})
-        table.append(row)
-    table.append({"method": "teacher", "seeds": 1, **{k: teacher_final[k] for k in metrics}})
-    return table
-
-
-def verdicts(table: Sequence[Dict], metric: str) -> List[str]:
-    """The issue's three targets for MKD, each met or missed by how much (in ``metric``)."""
-    by_name = {row["method"]: row for row in table}
-    mkd = by_name.get("mkd")
-    if mkd is None or "none" not in by_name:
-        return ["targets: need the none and mkd rows"]
-    lines = []
-    diff, se = mkd[f"{metric} - none"], mkd["SE of diff"]
-    met = diff >= 2 * se
-    lines.append(f"MKD - none >= 2 SE: {'met' if met else 'missed'} "
-                 f"({diff:+.2f} {metric}, 2 SE = {2 * se:.2f}"
-                 + ("" if met else f", short by {2 * se - diff:.2f} {metric}") + ")")
-
-    def at_least(target: str, other: Dict) -> str:
-        margin = mkd[metric] - other[metric]
-        return (f"MKD >= {target}: {'met' if margin >= 0 else 'missed'} (MKD {mkd[metric]:.2f}, "
-                f"{other['method']} {other[metric]:.2f}, {margin:+.2f} {metric})")
-
-    baselines = [by_name[m] for m in BASELINES if m in by_name]
-    if baselines:
-        lines.append(at_least(f"best of {'/'.join(r['method'] for r in baselines)}",
-                              max(baselines, key=lambda row: row[metric])))
-    lines += [at_least(f"{m} (a published recipe, its own row)", by_name[m])
-              for m in RECIPES if m in by_name]
-    closed = mkd["gap closed"]
-    lines.append(f"MKD closes >= 30% of the gap: {'met' if closed >= 0.3 else 'missed'} "
-                 f"({100 * closed:.1f}%" + ("" if closed >= 0.3 else
-                                            f", short by {100 * (0.3 - closed):.1f} points")
-                 + ")")
-    return lines
-
-
-def choose_factors(mean_score: Dict[str, Dict[float, float]],
-                   base: Optional[Dict[str, float]] = None) -> Dict[str, float]:
-    """Per method, the factor of the best mean score (ties: the one nearest the grid's x1,
-    ``base``)."""
-    base = base or {}
-    return {method: max(by_factor, key=lambda f: (by_factor[f],
-                                                  -abs(math.log(f / base.get(method, 1.0)))))
-            for method, by_factor in mean_score.items()}
-
-
-def tuning_context(args, pair: str, teacher_dir: str, student_schedule: Sequence[str]) -> Dict:
-    """What the tuned factors are valid for: the same pair, teacher and overrides, and the same
-    configs (hashes) of the student and each tuned method at ``student_schedule``: an edited
-    recipe, or another schedule, needs a new tuning."""
-    methods = [m for m in PAIRS[pair].methods if m == "none" or m in LOSS_WEIGHTS]
-    data = list(PAIRS[pair].overrides)
-    configs = {m: runs.config_hash(config_file(args, m, pair), data + list(student_schedule))
-               for m in methods}
-    return {"pair": pair, "teacher": teacher_dir, "overrides": list(args.overrides),
-            "configs": configs, "calibration": args.calibration}
-
-
-def earlier_grid(path: str, context: Dict, tune_seeds: Sequence[int],
-                 metric: str) -> Dict[str, Dict[float, float]]:
-    """The mean scores per method and factor of an earlier ``--tune`` in ``path`` with the same
-    context and tuning seeds (a grid to extend), else none."""
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        earlier = json.load(f)
-    if earlier["context"] != context or earlier["tuning_seeds"] != list(tune_seeds):
-        print(f"[benchmark] {path} was tuned with other options: replacing it", flush=True)
-        return {}
-    return {m: {float(k): v for k, v in d.items()}
-            for m, d in earlier.get(f"mean_{metric}", {}).items()}
-
-
-def tune(args, planned, rows: Sequence[Row], teacher, student_schedule,
-         base: Dict[str, float]) -> List[Dict]:
-    """Writes the chosen factors with the mean score of every grid point, this command's and
-    an earlier ``--tune``'s with the same options (ties: nearest the grid's x1, ``base``);
-    returns this command's grid as a table."""
-    metric = TASKS[args.task].metric
-    path = os.path.join(args.output_dir, TUNING_FILE)
-    context = tuning_context(args, args.pair, teacher.output_dir, student_schedule)
-    factor_of = {row.name: (row.method, row.factor) for row in rows}
-    mean_score = earlier_grid(path, context, args.tune_seeds, metric)
-    for name, seed_runs in planned.items():
-        method, factor = factor_of[name]
-        mean_score.setdefault(method, {})[factor] = statistics.mean(
-            r.final_score() for r in seed_runs)
-    chosen = choose_factors(mean_score, base)
-    with open(path, "w") as f:
-        json.dump({"factors": chosen, "tuning_seeds": list(args.tune_seeds),
-                   f"mean_{metric}": {m: {repr(k): v for k, v in sorted(d.items())}
-                                      for m, d in mean_score.items()},
-                   "context": context}, f, indent=1)
-    table = []
-    for name, seed_runs in planned.items():
-        method, factor = factor_of[name]
-        scores = [r.final_score() for r in seed_runs]
-        table.append({"method": name, "seeds": len(scores),
-                      "diverged": sum(r.diverged for r in seed_runs),
-                      metric: statistics.mean(scores),
-                      f"{metric} std": statistics.stdev(scores) if len(scores) > 1 else math.nan,
-                      "chosen": "yes" if chosen[method] == factor else ""})
-    return table
-
-
-def load_factors(args, teacher, student_schedule: Sequence[str]) -> Dict[str, float]:
-    """The tuned factors of ``--tune`` (checked to fit this command; ``--factors-from``:
-    another directory's, checked to fit the command that tuned them but for its pair and
-    teacher), else x1 with a warning."""
-    path = os.path.join(args.factors_from or args.output_dir, TUNING_FILE)
-    if args.factors_from and not os.path.isfile(path):
-        raise SystemExit(f"--factors-from {args.factors_from}: no {TUNING_FILE} there; run "
-                         "--tune in that directory first")
-    if not os.path.isfile(path):
-        print(f"[benchmark] WARNING: no {path}: every method keeps its calibrated weights (x1), "
-              "without the equal tuning budget. Run the same command with --tune first.",
-              flush=True)
-        return {}
-    with open(path) as f:
-        tuned = json.load(f)
-    if args.factors_from:  # the options and configs as tuned, on the pair and teacher tuned on
-        origin = tuned["context"]["pair"]
-        context = tuning_context(args, origin, tuned["context"]["teacher"], student_schedule)
-        print(f"[benchmark] the weights tuned on the {origin} pair, applied unchanged to the "
-              f"{args.pair} pair", flush=True)
-    else:
-        context = tuning_context(args, args.pair, teacher.output_dir, student_schedule)
-    if tuned["context"] != context:
-        raise SystemExit(f"{path} was tuned for {tuned['context']}, this command is {context}: "
-                         "rerun --tune with this command's options and configs (finished runs "
-                         "are reused), or give this command the tuned options")
-    # Ablations are experiments, which belong on the tuning seeds; the table reports.
-    shared = sorted(set(tuned["tuning_seeds"]) & set(args.seeds))
-    if shared and not args.ablations:
-        raise SystemExit(f"seeds {shared} chose the weights ({path}) and cannot also report "
-                         f"them: give --seeds without {tuned['tuning_seeds']}")
-    factors = {m: float(f) for m, f in tuned["factors"].items()}
-    rows = ({"mkd"} | {ablation(name)[0] for name in args.ablations} if args.ablations
-            else set(args.methods))
-    untuned = sorted(m for m in rows if m in LOSS_WEIGHTS and m not in factors)
-    if untuned:
-        raise SystemExit(f"{path} has no tuned weights for {untuned}: run --tune --methods "
-                         f"{' '.join(untuned)} with this command's options first")
-    print(f"[benchmark] tuned weights from {path} (seeds {tuned['tuning_seeds']}): "
-          + ", ".join(f"{m} x{f:g}" for m, f in factors.items()), flush=True)
-    return factors
-
-
-def probe_config(config_file, overrides, batches):
-    """``mkd_bench.probe.probe`` of a run's config: its losses at initialisation (teacher loaded, no
-    update) and the gradients they send into the student, averaged over the first ``batches``
-    training batches; every config sees the same batches."""
-    import mkd_bench.probe
-
-    cfg = runs.load_config(config_file, list(overrides) + ["dataloader.train.num_workers=0"])
-    return mkd_bench.probe.probe(cfg, batches)
-
-
-def probe(args, planned, teacher):
-    """A row per distilled method at initialisation: its task and distillation losses, the
-    ratio of the gradients both send into the student's FPN outputs, and two calibration rules
-    as factors on its weights. "factor to MKD's ratio" gives it MKD's distillation-to-task loss
-    ratio (the benchmark's calibration: every method starts with the same pull on the loss);
-    "factor to gradient ratio 1" makes its distillation's gradient at the FPN equal the task's
-    (the same pull where the student feels it: loss terms of different shapes pass through
-    different adapters, so equal losses can send very different gradients)."""
-    rows = []
-    for name, seed_runs in planned.items():
-        if name == "none":
-            continue
-        measured = probe_config(seed_runs[0].config_file, seed_runs[0].overrides, args.probe)
-        rows.append({"method": name, "task loss": measured["task_loss"],
-                     "distillation loss": measured["distillation_loss"],
-                     "ratio": measured["loss_ratio"],
-                     "FPN gradient ratio": measured["fpn_grad_ratio"],
-                     "factor to gradient ratio 1": 1.0 / measured["fpn_grad_ratio"]})
-        print(f"  {name}: {measured['losses']}", flush=True)
-    reference = next((r["ratio"] for r in rows if r["method"].startswith("mkd")), math.nan)
-    for row in rows:
-        row["factor to MKD's ratio"] = reference / row["ratio"]
-    path = os.path.join(args.output_dir, CALIBRATION_FILE)
-    calibration = {"teacher": teacher.output_dir, "gradient": {}}
-    if os.path.isfile(path):  # another subset of methods probed with this teacher: kept
-        with open(path) as f:
-            previous = json.load(f)
-        if previous["teacher"] == teacher.output_dir:
-            calibration = previous
-    for row in rows:
-        calibration["gradient"][row["method"].split("[")[0]] = row["factor to gradient ratio 1"]
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(calibration, f, indent=1)
-    return rows
-
-
-def mean_curves(planned, metric: str):
-    """``metric`` against iteration per method, averaged over its seeds (they share evaluation
-    points)."""
-    curves = {}
-    for name, seed_runs in planned.items():
-        per_seed = [r.evaluations() for r in seed_runs if not r.diverged]
-        if not per_seed:
-            continue
-        curves[f"{name} (mean of {len(per_seed)})"] = [
-            {"iteration": points[0]["iteration"],
-             metric: statistics.mean(p[metric] for p in points)}
-            for points in zip(*per_seed)
-        ]
-    return curves
-
-
-def predictions_figure(args, teacher, planned, rows: Sequence[Row], tag: str) -> str:
-    """``tools/visualize_sem_seg.py``'s grid of the teacher and the first seed of the student and
-    student + MKD rows (those of ``FIGURE_COLUMNS`` the table has), each titled with its mIoU."""
-    from mkd_bench.figures import sem_seg as visualize_sem_seg
-
-    shown = [("teacher", teacher)] + [(FIGURE_COLUMNS[row.method], planned[row.name][0])
-                                      for row in rows if row.method in FIGURE_COLUMNS]
-    metric = TASKS[args.task].metric
-    models = {
-        f"{title} ({run.evaluations()[-1][metric]:.1f} {metric})": (
-            runs.load_config(run.config_file, run.overrides),
-            os.path.join(run.output_dir, "model_final.pth"))
-        for title, run in shown}
-    path = os.path.join(args.output_dir, f"predictions{tag}.png")
-    visualize_sem_seg.figure(models, path)
-    return path
-
-
 def smoke_dataset(args):
     """A few generated images of the pair's dataset, inside the output directory."""
     os.environ["MKD_DATASETS"] = os.path.join(args.output_dir, "datasets")
@@ -604,6 +158,67 @@ def smoke_dataset(args):
         GENERATORS[dataset].generate_dataset(builtin_root(dataset), num_train=8, num_val=4,
                                              image_size=128, workers=1)
     register_builtin(dataset=dataset)  # this process registered the default root on import
+
+
+def train_teacher(args, overrides, bottom_up: str) -> runs.Run:
+    """The pair's teacher with ``overrides``, started from ``bottom_up`` (the students'
+    pretrained one) unless the pair pretrains its teacher's own: found in its cache, else
+    trained now on every core, since every student distils from it."""
+    pair = PAIRS[args.pair]
+    if pair.teacher_pretraining_config:
+        bottom_up = plan.pretrained_bottom_up(args, pair.teacher_pretraining_config)
+    teacher = runs.teacher_run(args.teacher_cache,
+                               list(pair.overrides) + list(overrides)
+                               + plan.start_from(bottom_up, distilled=False),
+                               config_file=runs.config_path(pair.teacher, pair.folder),
+                               task=TASKS[args.task].evaluation)
+    if teacher.finished:
+        print(f"[benchmark] reusing the cached teacher {teacher.output_dir}", flush=True)
+    else:
+        print(f"[benchmark] training the teacher {teacher.config_file} -> "
+              f"{teacher.output_dir}", flush=True)
+        runs.launch([teacher], jobs=1, threads=max(1, os.cpu_count() or 1), prefix="  ")
+    return teacher
+
+
+def write_probe(args, planned, teacher):
+    """``--probe``'s table, printed and appended to ``probe.md``: one section per command, so
+    the calibrations of other pairs and overrides stay side by side."""
+    table = tuning.probe(args, planned, teacher)
+    text = runs.format_table(table, PROBE_COLUMNS)
+    print(text, flush=True)
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "probe.md"), "a") as f:
+        f.write(f"{args.pair} {' '.join(args.overrides)}\n{text}\n\n")
+    return table
+
+
+def write_results(args, planned, rows, teacher, student_schedule, base):
+    """The finished runs' table (``--tune``: the grid, after writing the chosen factors) as
+    ``results<tag>.md`` and ``.json``, their mean curves, and for a segmentation table the
+    predictions; returns the table."""
+    task = TASKS[args.task]
+    if args.tune:
+        table = tuning.tune(args, planned, rows, teacher, student_schedule, base)
+        text = runs.format_table(table, tables.tune_columns(task))
+        tag, notes = "_tuning", [f"tuning seeds {args.tune_seeds}; chosen factors in "
+                                 f"{os.path.join(args.output_dir, TUNING_FILE)}"]
+    else:
+        table = tables.summarize(planned, teacher, rows, task.metrics)
+        text = runs.format_table(table, tables.columns(task))
+        tag = "_ablations" if args.ablations else f"_{args.tag}" if args.tag else ""
+        notes = [] if args.ablations else tables.verdicts(table, task.metric)
+    with open(os.path.join(args.output_dir, f"results{tag}.md"), "w") as f:
+        f.write(text + "\n\n" + "\n".join(f"- {line}" for line in notes) + "\n")
+    with open(os.path.join(args.output_dir, f"results{tag}.json"), "w") as f:
+        json.dump({"rows": table, "notes": notes, "args": vars(args)}, f, indent=1)
+    figure = os.path.join(args.output_dir, f"{task.metric.lower()}_vs_iteration{tag}.png")
+    runs.plot_curves(tables.mean_curves(planned, task.metric), figure,
+                     f"students ({args.pair}), mean over seeds", task.metric)
+    if args.task == "sem_seg" and not args.tune and not args.ablations:
+        tables.predictions_figure(args, teacher, planned, rows, tag)
+    print(text + "\n" + "\n".join(notes), flush=True)
+    return table
 
 
 def main(argv=None):
@@ -624,68 +239,24 @@ def main(argv=None):
     def schedule(iterations):  # None: the config's own schedule
         return runs.schedule(iterations, evaluations) if iterations else []
 
-    bottom_up = pretrained_bottom_up(args)
-    teacher_bottom_up = (pretrained_bottom_up(args, pair.teacher_pretraining_config)
-                         if pair.teacher_pretraining_config else bottom_up)
-    teacher = runs.teacher_run(args.teacher_cache,
-                               list(pair.overrides) + schedule(args.teacher_iter) + extra
-                               + student_score
-                               + start_from(teacher_bottom_up, distilled=False),
-                               config_file=runs.config_path(pair.teacher, pair.folder),
-                               task=task.evaluation)
-    if teacher.finished:
-        print(f"[benchmark] reusing the cached teacher {teacher.output_dir}", flush=True)
-    else:
-        print(f"[benchmark] training the teacher {teacher.config_file} -> "
-              f"{teacher.output_dir}", flush=True)
-        runs.launch([teacher], jobs=1, threads=max(1, os.cpu_count() or 1), prefix="  ")
-
+    bottom_up = plan.pretrained_bottom_up(args)
+    teacher = train_teacher(args, schedule(args.teacher_iter) + extra + student_score, bottom_up)
     student_schedule = schedule(args.student_iter) + extra
-    base = calibration_factors(args, teacher) if args.tune else {}
+    base = tuning.calibration_factors(args, teacher) if args.tune else {}
     if args.probe:  # the calibrated weights themselves
-        rows = table_rows(args, {})
+        rows = plan.table_rows(args, {})
     elif args.tune:
-        rows = tuning_rows(args, base)
+        rows = plan.tuning_rows(args, base)
     else:
-        factors = load_factors(args, teacher, student_schedule)
-        rows = ablation_rows(args, factors) if args.ablations else table_rows(args, factors)
-    planned = student_runs(args, rows, teacher, student_schedule, student_score, bottom_up)
+        factors = tuning.load_factors(args, teacher, student_schedule)
+        rows = (plan.ablation_rows(args, factors) if args.ablations
+                else plan.table_rows(args, factors))
+    planned = plan.student_runs(args, rows, teacher, student_schedule, student_score, bottom_up)
     if args.probe:
-        table = probe(args, planned, teacher)
-        text = runs.format_table(table, PROBE_COLUMNS)
-        print(text, flush=True)
-        os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, "probe.md"), "a") as f:
-            f.write(f"{args.pair} {' '.join(args.overrides)}\n{text}\n\n")
-        return table
+        return write_probe(args, planned, teacher)
 
-    todo = unfinished_seed_by_seed(planned)
+    todo = plan.unfinished_seed_by_seed(planned)
     print(f"[benchmark] {len(todo)} of {sum(map(len, planned.values()))} student runs to train, "
           f"{args.jobs} at a time (finished runs are reused)", flush=True)
     runs.launch(todo, jobs=args.jobs, threads=1, prefix="  ")
-
-    if args.tune:
-        table = tune(args, planned, rows, teacher, student_schedule, base)
-        text = runs.format_table(table, tune_columns(task))
-        tag, notes = "_tuning", [f"tuning seeds {args.tune_seeds}; chosen factors in "
-                                 f"{os.path.join(args.output_dir, TUNING_FILE)}"]
-    else:
-        table = summarize(planned, teacher, rows, task.metrics)
-        text = runs.format_table(table, columns(task))
-        tag = "_ablations" if args.ablations else f"_{args.tag}" if args.tag else ""
-        notes = [] if args.ablations else verdicts(table, task.metric)
-    with open(os.path.join(args.output_dir, f"results{tag}.md"), "w") as f:
-        f.write(text + "\n\n" + "\n".join(f"- {line}" for line in notes) + "\n")
-    with open(os.path.join(args.output_dir, f"results{tag}.json"), "w") as f:
-        json.dump({"rows": table, "notes": notes, "args": vars(args)}, f, indent=1)
-    figure = os.path.join(args.output_dir, f"{task.metric.lower()}_vs_iteration{tag}.png")
-    runs.plot_curves(mean_curves(planned, task.metric), figure,
-                     f"students ({args.pair}), mean over seeds", task.metric)
-    if args.task == "sem_seg" and not args.tune and not args.ablations:
-        predictions_figure(args, teacher, planned, rows, tag)
-    print(text + "\n" + "\n".join(notes), flush=True)
-    return table
-
-
-if __name__ == "__main__":
-    main()
+    return write_results(args, planned, rows, teacher, student_schedule, base)

@@ -189,7 +189,7 @@ _FGD_SMOKE = ["model.distiller.alpha_fg=1e-9", "model.distiller.beta_bg=1e-9",
               "model.distiller.gamma_attention=1e-9", "model.distiller.lambda_global=1e-9"]
 SMOKE_OVERRIDES = {"fgd": _FGD_SMOKE, "fgd_recipe": _FGD_SMOKE,
                    "mgd": ["model.distiller.alpha=1e-9"]}
-SMOKE_PRETRAINING = dict(iters=2, batch_size=4, crop_size=32)  # tools/pretrain_backbone.Settings
+SMOKE_PRETRAINING = dict(iters=2, batch_size=4, crop_size=32)  # mkd_bench.pretrain.Settings
 PROBE_COLUMNS = ["method", "task loss", "distillation loss", "ratio", "factor to MKD's ratio",
                  "FPN gradient ratio", "factor to gradient ratio 1"]
 #: The predictions figure of a segmentation table: row -> column title.

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Pre-trains the ResNet bottom-up of a detector config by classifying crops of the instances of
 its own train split: the CPU proxy's stand-in for the ImageNet backbone real users start from.
 
@@ -261,6 +260,3 @@ def main(argv=None):
     settings = Settings(**{k: getattr(args, k) for k in asdict(Settings())})
     print(pretrain(args.config_file, settings, args.output_root, args.link, args.overrides))
 
-
-if __name__ == "__main__":
-    main()

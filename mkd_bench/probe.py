@@ -100,7 +100,8 @@ def probe(cfg, batches: int) -> Dict[str, object]:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="How hard a distillation config pulls next to its task, at initialisation.", formatter_class=argparse.RawDescriptionHelpFormatter)
+        description="How hard a distillation config pulls next to its task, at initialisation.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, help="a distillation LazyConfig (MKD)")
     parser.add_argument("--batches", type=int, default=4,
                         help="training batches to average over (default: 4)")

@@ -19,8 +19,9 @@ from omegaconf import OmegaConf
 from mkd.engine.train import dataset_names
 from mkd_bench.datasets import BUILTIN_DATASETS, GENERATORS
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(TOOLS)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Every run's command line: a subprocess keeps each run's logging and threads its own.
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOEvaluator's box metrics
 #: The metrics a run reads per Detectron2 evaluation task (the prefix of its keys in
 #: metrics.json), the headline first: COCOEvaluator's boxes, SemSegEvaluator's label maps.
@@ -79,7 +80,7 @@ class Run:
 
     @property
     def command(self) -> List[str]:
-        return [sys.executable, os.path.join(TOOLS, "train_net.py"), "--config-file",
+        return [sys.executable, TRAIN_NET, "--config-file",
                 self.config_file, f"train.output_dir={self.output_dir}", *self.overrides]
 
     @property

@@ -17,7 +17,17 @@ from torch import nn
 
 from mkd import MKD, FeatureLoss, GlobalLoss, MKDDecoder, MKDDistiller, PatchMasker
 from mkd_bench import distill_benchmark as bench
-from mkd_bench import runs
+from mkd_bench import plan, pretrain, runs, tables, tuning
+from mkd_bench.datasets import GENERATORS
+from mkd_bench.pairs import (
+    ABLATIONS,
+    CALIBRATION_FILE,
+    LOSS_WEIGHTS,
+    METHODS,
+    PAIRS,
+    TASKS,
+    TUNING_FILE,
+)
 from tests import helpers
 
 
@@ -41,19 +51,19 @@ def test_config_hash_follows_the_generator_version_of_the_dataset_it_reads(monke
     shapes = runs.config_path("student", "shapes")
     digits = runs.config_path("retinanet_R18_scratch")
     before = runs.config_hash(shapes, []), runs.config_hash(digits, [])
-    monkeypatch.setattr(runs.GENERATORS["shapes"], "GENERATOR_VERSION", -1)
+    monkeypatch.setattr(GENERATORS["shapes"], "GENERATOR_VERSION", -1)
     assert runs.config_hash(shapes, []) != before[0]
     assert runs.config_hash(digits, []) == before[1]
 
 
 def test_se_of_difference_and_gap_closed_on_made_up_numbers():
     # variances 4 and 1 over 3 seeds each: sqrt(4/3 + 1/3)
-    assert bench.se_of_difference([30, 32, 34], [20, 21, 22]) == pytest.approx(math.sqrt(5 / 3))
-    assert bench.se_of_difference([30, 32], [20, 21, 22, 23]) == pytest.approx(
+    assert tables.se_of_difference([30, 32, 34], [20, 21, 22]) == pytest.approx(math.sqrt(5 / 3))
+    assert tables.se_of_difference([30, 32], [20, 21, 22, 23]) == pytest.approx(
         math.sqrt(2 / 2 + (5 / 3) / 4))
-    assert math.isnan(bench.se_of_difference([30], [20, 21]))  # one seed has no spread
-    assert bench.gap_closed(27.0, 20.0, 40.0) == pytest.approx(0.35)
-    assert bench.gap_closed(18.0, 20.0, 40.0) == pytest.approx(-0.1)
+    assert math.isnan(tables.se_of_difference([30], [20, 21]))  # one seed has no spread
+    assert tables.gap_closed(27.0, 20.0, 40.0) == pytest.approx(0.35)
+    assert tables.gap_closed(18.0, 20.0, 40.0) == pytest.approx(-0.1)
 
 
 def test_verdicts_say_met_or_by_how_much_missed():
@@ -64,18 +74,18 @@ def test_verdicts_say_met_or_by_how_much_missed():
              {"method": "mkd", "AP": 25.0, "AP - none": 5.0, "SE of diff": 3.0,
               "gap closed": 0.25},
              {"method": "teacher", "AP": 40.0}]
-    lines = bench.verdicts(table, "AP")
+    lines = tables.verdicts(table, "AP")
     assert lines[0] == "MKD - none >= 2 SE: missed (+5.00 AP, 2 SE = 6.00, short by 1.00 AP)"
     assert lines[1] == "MKD >= best of fgd/mgd: missed (MKD 25.00, mgd 25.50, -0.50 AP)"
     assert lines[2] == ("MKD >= fgd_recipe (a published recipe, its own row): missed "
                         "(MKD 25.00, fgd_recipe 26.00, -1.00 AP)")
     assert lines[3] == "MKD closes >= 30% of the gap: missed (25.0%, short by 5.0 points)"
     table[4].update({"AP": 27.0, "AP - none": 7.0, "gap closed": 0.35})
-    assert [line.split(":")[1].split()[0] for line in bench.verdicts(table, "AP")] == ["met"] * 4
+    assert [line.split(":")[1].split()[0] for line in tables.verdicts(table, "AP")] == ["met"] * 4
 
 
 def test_choose_factors_takes_the_best_mean_and_prefers_x1_on_ties():
-    chosen = bench.choose_factors({"mimic": {0.3: 10.0, 1.0: 11.0, 3.0: 12.0},
+    chosen = tuning.choose_factors({"mimic": {0.3: 10.0, 1.0: 11.0, 3.0: 12.0},
                                    "mkd": {0.3: 13.0, 1.0: 13.0, 3.0: 13.0}})
     assert chosen == {"mimic": 3.0, "mkd": 1.0}
 
@@ -84,7 +94,7 @@ def test_unfinished_runs_go_seed_by_seed_across_rows(tmp_path):
     planned = {name: [runs.Run(f"{name} seed {seed}", "cfg.py", str(tmp_path / name / str(seed)),
                                [], "bbox") for seed in (0, 1, 2)] for name in ("none", "mkd")}
     _fake_run(planned["none"][0], 30.0)
-    order = [run.name for run in bench.unfinished_seed_by_seed(planned)]
+    order = [run.name for run in plan.unfinished_seed_by_seed(planned)]
     assert order == ["mkd seed 0", "none seed 1", "mkd seed 1", "none seed 2", "mkd seed 2"]
 
 
@@ -100,6 +110,19 @@ def _fake_run(run, score, iteration=5, time=0.5):
         f.write("\n".join(json.dumps(m) for m in metrics))
 
 
+def _launch_made_up_runs(monkeypatch):
+    """Training replaced by made-up finished runs (40 AP each); returns the runs launched."""
+    launched = []
+
+    def launch(todo, **kwargs):
+        for run in todo:
+            launched.append(run)
+            _fake_run(run, 40.0)
+
+    monkeypatch.setattr(runs, "launch", launch)
+    return launched
+
+
 def _weight(run, key):
     return OmegaConf.select(runs.load_config(run.config_file, run.overrides), key)
 
@@ -111,11 +134,11 @@ def test_tuning_chooses_on_tuning_seeds_only_and_the_table_uses_its_factors(tmp_
               "--methods", "none", "mimic", "mkd", "--seeds", "0", "1", "2"]
     args = bench.parse_args(common)
     bottom_up = str(tmp_path / "pretrained" / "model_final.pth")  # made up: nothing loads it
-    monkeypatch.setattr(bench, "pretrained_bottom_up", lambda args: bottom_up)
-    teacher = runs.teacher_run(args.teacher_cache, bench.start_from(bottom_up, distilled=False),
+    monkeypatch.setattr(plan, "pretrained_bottom_up", lambda args: bottom_up)
+    teacher = runs.teacher_run(args.teacher_cache, plan.start_from(bottom_up, distilled=False),
                                config_file=runs.config_path("teacher", "shapes"))
     _fake_run(teacher, 40.0)
-    grid = bench.student_runs(args, bench.tuning_rows(args), teacher, [], [], bottom_up)
+    grid = plan.student_runs(args, plan.tuning_rows(args), teacher, [], [], bottom_up)
     assert sorted(grid) == [f"{m} x{f:g}" for m in ("mimic", "mkd") for f in (0.3, 1, 3)]
     # Made-up AP: mimic is best at x3; MKD at x0.3 by its mean, though x1 has the best seed.
     made_up = {"mimic x0.3": [20, 20], "mimic x1": [21, 21], "mimic x3": [22, 23],
@@ -127,16 +150,16 @@ def test_tuning_chooses_on_tuning_seeds_only_and_the_table_uses_its_factors(tmp_
             _fake_run(run, ap)
 
     bench.main(common + ["--tune"])
-    tuned = json.loads((tmp_path / bench.TUNING_FILE).read_text())
+    tuned = json.loads((tmp_path / TUNING_FILE).read_text())
     assert tuned["factors"] == {"mimic": 3.0, "mkd": 0.3}
     assert tuned["tuning_seeds"] == [100, 101]
 
-    factors = bench.load_factors(args, teacher, [])
-    table = bench.student_runs(args, bench.table_rows(args, factors), teacher, [], [], bottom_up)
-    base = bench.student_runs(args, bench.table_rows(args, {}), teacher, [], [], bottom_up)
+    factors = tuning.load_factors(args, teacher, [])
+    table = plan.student_runs(args, plan.table_rows(args, factors), teacher, [], [], bottom_up)
+    base = plan.student_runs(args, plan.table_rows(args, {}), teacher, [], [], bottom_up)
     assert _weight(table["mimic"][0], "model.distiller.weight") == pytest.approx(
         3 * _weight(base["mimic"][0], "model.distiller.weight"))
-    for key in bench.LOSS_WEIGHTS["mkd"]:
+    for key in LOSS_WEIGHTS["mkd"]:
         assert _weight(table["mkd"][0], key) == pytest.approx(0.3 * _weight(base["mkd"][0], key))
     for name, seed_runs in table.items():
         for seed, run in enumerate(seed_runs):
@@ -151,15 +174,15 @@ def test_tuning_chooses_on_tuning_seeds_only_and_the_table_uses_its_factors(tmp_
         bench.main(common[:-3] + ["100", "1"])
 
     # An edited student recipe (here: the teacher's, 600 iterations) invalidates the tuning.
-    config_file = bench.config_file
-    monkeypatch.setattr(bench, "config_file", lambda args, method, pair="": runs.config_path(
+    config_file = plan.config_file
+    monkeypatch.setattr(plan, "config_file", lambda args, method, pair="": runs.config_path(
         "teacher", "shapes") if method == "none" else config_file(args, method, pair))
     with pytest.raises(SystemExit, match=r"was tuned for .* rerun --tune"):
-        bench.load_factors(args, teacher, [])
+        tuning.load_factors(args, teacher, [])
     # So does another student schedule.
-    monkeypatch.setattr(bench, "config_file", config_file)
+    monkeypatch.setattr(plan, "config_file", config_file)
     with pytest.raises(SystemExit, match=r"was tuned for .* rerun --tune"):
-        bench.load_factors(args, teacher, runs.schedule(150))
+        tuning.load_factors(args, teacher, runs.schedule(150))
 
 
 def test_a_later_tune_extends_the_grid_and_keeps_other_methods(tmp_path, monkeypatch):
@@ -168,21 +191,21 @@ def test_a_later_tune_extends_the_grid_and_keeps_other_methods(tmp_path, monkeyp
     common = ["--output-dir", str(tmp_path), "--teacher-cache", str(tmp_path / "teachers"),
               "--seeds", "0"]
     bottom_up = str(tmp_path / "pretrained" / "model_final.pth")
-    monkeypatch.setattr(bench, "pretrained_bottom_up", lambda args: bottom_up)
+    monkeypatch.setattr(plan, "pretrained_bottom_up", lambda args: bottom_up)
     args = bench.parse_args(common)
-    teacher = runs.teacher_run(args.teacher_cache, bench.start_from(bottom_up, distilled=False),
+    teacher = runs.teacher_run(args.teacher_cache, plan.start_from(bottom_up, distilled=False),
                                config_file=runs.config_path("teacher", "shapes"))
     _fake_run(teacher, 40.0)
 
     def tune(methods, grid, made_up, extra=()):
         argv = common + ["--tune", "--methods", *methods, "--grid", *grid, *extra]
         args = bench.parse_args(argv)
-        planned = bench.student_runs(args, bench.tuning_rows(args), teacher, [], [], bottom_up)
+        planned = plan.student_runs(args, plan.tuning_rows(args), teacher, [], [], bottom_up)
         for name, seed_runs in planned.items():
             for run in seed_runs:
                 _fake_run(run, made_up[name])
         bench.main(argv)
-        return json.loads((tmp_path / bench.TUNING_FILE).read_text())
+        return json.loads((tmp_path / TUNING_FILE).read_text())
 
     tuned = tune(["mimic"], ["0.3", "1", "3"], {"mimic x0.3": 20, "mimic x1": 21, "mimic x3": 22})
     assert tuned["factors"] == {"mimic": 3.0}
@@ -195,16 +218,16 @@ def test_a_later_tune_extends_the_grid_and_keeps_other_methods(tmp_path, monkeyp
     table = common + ["--methods", "none", "mimic", "mkd", "mgd"]
     with pytest.raises(SystemExit, match=r"no tuned weights for \['mgd'\]: run --tune "
                                          r"--methods mgd"):
-        bench.load_factors(bench.parse_args(table), teacher, [])
-    assert bench.load_factors(bench.parse_args(table[:-1]), teacher, []) == {
+        tuning.load_factors(bench.parse_args(table), teacher, [])
+    assert tuning.load_factors(bench.parse_args(table[:-1]), teacher, []) == {
         "mimic": 9.0, "mkd": 1.0}
     # MKD's ablations need MKD's tuned weights (and their controls' methods'), not all.
-    assert bench.load_factors(bench.parse_args(common + ["--ablations", "tokens-8"]), teacher,
+    assert tuning.load_factors(bench.parse_args(common + ["--ablations", "tokens-8"]), teacher,
                               []) == {"mimic": 9.0, "mkd": 1.0}
     with pytest.raises(SystemExit, match=r"no tuned weights for \['mgd'\]"):
-        bench.load_factors(bench.parse_args(common + ["--ablations", "mgd-grad-x1"]), teacher, [])
+        tuning.load_factors(bench.parse_args(common + ["--ablations", "mgd-grad-x1"]), teacher, [])
     # on the tuning seeds, where experiments belong (the table refuses them: above).
-    assert bench.load_factors(bench.parse_args(common[:-1] + ["100", "--ablations", "tokens-8"]),
+    assert tuning.load_factors(bench.parse_args(common[:-1] + ["100", "--ablations", "tokens-8"]),
                               teacher, []) == {"mimic": 9.0, "mkd": 1.0}
     # Other tuning seeds start a new grid.
     tuned = tune(["mkd"], ["3"], {"mkd x3": 25}, ["--tune-seeds", "100"])
@@ -240,21 +263,21 @@ def test_tuning_never_chooses_a_factor_that_diverged_and_the_table_counts_it(tmp
               "--methods", "none", "mimic", "--seeds", "0", "1", "--tune-seeds", "100"]
     args = bench.parse_args(common)
     bottom_up = str(tmp_path / "pretrained" / "model_final.pth")
-    monkeypatch.setattr(bench, "pretrained_bottom_up", lambda args: bottom_up)
-    teacher = runs.teacher_run(args.teacher_cache, bench.start_from(bottom_up, distilled=False),
+    monkeypatch.setattr(plan, "pretrained_bottom_up", lambda args: bottom_up)
+    teacher = runs.teacher_run(args.teacher_cache, plan.start_from(bottom_up, distilled=False),
                                config_file=runs.config_path("teacher", "shapes"))
     _fake_run(teacher, 40.0)
-    grid = bench.student_runs(args, bench.tuning_rows(args), teacher, [], [], bottom_up)
+    grid = plan.student_runs(args, plan.tuning_rows(args), teacher, [], [], bottom_up)
     for name, ap in {"mimic x0.3": 20.0, "mimic x1": 25.0}.items():
         _fake_run(grid[name][0], ap)
     diverged = grid["mimic x3"][0]
     os.makedirs(diverged.output_dir)
     (Path(diverged.output_dir) / runs.DIVERGED).write_text("FloatingPointError: ...")
     tuning = {r["method"]: r for r in bench.main(common + ["--tune"])}
-    assert json.loads((tmp_path / bench.TUNING_FILE).read_text())["factors"] == {"mimic": 1.0}
+    assert json.loads((tmp_path / TUNING_FILE).read_text())["factors"] == {"mimic": 1.0}
     assert (tuning["mimic x3"]["diverged"], tuning["mimic x3"]["AP"]) == (1, 0.0)
 
-    table = bench.student_runs(args, bench.table_rows(args, {"mimic": 1.0}), teacher, [], [],
+    table = plan.student_runs(args, plan.table_rows(args, {"mimic": 1.0}), teacher, [], [],
                                bottom_up)
     for run, ap in zip(table["none"], (20.0, 22.0)):
         _fake_run(run, ap)
@@ -275,28 +298,38 @@ def test_shapes_runs_start_from_the_given_pretrained_checkpoint_digits_runs_pret
                              "--output-dir", str(tmp_path)])
     teacher = runs.Run("teacher", "unused", str(tmp_path / "teacher"))
 
-    def plan(bottom_up):
-        return bench.student_runs(args, bench.table_rows(args, {}), teacher, [], [], bottom_up)
+    def runs_from(bottom_up):
+        return plan.student_runs(args, plan.table_rows(args, {}), teacher, [], [], bottom_up)
 
-    first, other = plan("/a/model_final.pth"), plan("/b/model_final.pth")
+    first, other = runs_from("/a/model_final.pth"), runs_from("/b/model_final.pth")
     assert _weight(first["none"][0], "train.init_checkpoint") == "/a/model_final.pth"
     assert _weight(first["mkd"][0], "model.student_weights") == "/a/model_final.pth"
     assert _weight(first["mkd"][0], "train.init_checkpoint") == ""
     for name in ("none", "mkd"):
         assert first[name][0].output_dir != other[name][0].output_dir
-    assert bench.pretrained_bottom_up(bench.parse_args(["--pair", "digits"])) == ""
+    assert plan.pretrained_bottom_up(bench.parse_args(["--pair", "digits"])) == ""
 
 
 def test_task_picks_its_default_pair_and_a_pair_implies_its_task():
     default = bench.parse_args([])
     assert (default.task, default.pair, default.pretrained) == ("detection", "shapes", True)
-    assert default.methods == bench.METHODS
+    assert default.methods == METHODS
     assert bench.parse_args(["--pair", "digits"]).task == "detection"
     seg = bench.parse_args(["--task", "sem_seg"])
     assert (seg.pair, seg.pretrained) == ("shapes_seg", True)
     assert seg.methods == ["none", "mimic", "mgd", "mkd"]  # FGD needs boxes
     assert seg.output_dir.endswith(os.path.join("benchmark_distill", "shapes_seg"))
     assert bench.parse_args(["--pair", "shapes_seg"]).task == "sem_seg"
+
+
+def test_the_tool_is_the_benchmarks_command_line(capsys):
+    """tools/benchmark_distill.py only runs the harness: its options and help are the harness's."""
+    with pytest.raises(SystemExit) as exited:
+        helpers.run_tool("benchmark_distill", ["--help"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert "python tools/benchmark_distill.py --tune" in printed
+    assert all(option in printed for option in ("--ablations", "--probe N", "--factors-from"))
 
 
 def test_a_pair_of_another_task_or_a_method_it_lacks_is_refused(capsys):
@@ -335,16 +368,13 @@ def test_segmentation_pair_pretrains_the_detector_that_has_its_bottom_up(tmp_pat
     the shapes_seg pair pretrains the shapes detector, whose bottom-up has the segmentation
     teacher's and student's state-dict keys and shapes (so the checkpoint fills them) and reads
     the same train images. Its runs start from it as the detection pair's do."""
-    pair = bench.PAIRS["shapes_seg"]
-    from mkd_bench import pretrain as pretrain_backbone
-    monkeypatch.setitem(sys.modules, "pretrain_backbone", pretrain_backbone)
-    monkeypatch.setattr(pretrain_backbone, "pretrain",
-                        lambda config, settings, root, overrides=(): config)
+    pair = PAIRS["shapes_seg"]
+    monkeypatch.setattr(pretrain, "pretrain", lambda config, settings, root, overrides=(): config)
     args = bench.parse_args(["--task", "sem_seg", "--pretrained", "--smoke", "--seeds", "0",
                              "--methods", "none", "mkd", "--output-dir", str(tmp_path)])
-    detector = bench.pretrained_bottom_up(args)
+    detector = plan.pretrained_bottom_up(args)
     assert detector == runs.config_path("student", "shapes")
-    assert bench.pretrained_bottom_up(bench.parse_args(["--task", "sem_seg",
+    assert plan.pretrained_bottom_up(bench.parse_args(["--task", "sem_seg",
                                                         "--no-pretrained"])) == ""
     pretrained = _bottom_up_shapes(detector)
     for name in (pair.teacher, pair.methods["none"]):
@@ -354,7 +384,7 @@ def test_segmentation_pair_pretrains_the_detector_that_has_its_bottom_up(tmp_pat
     assert images[0] == images[1]
 
     teacher = runs.Run("teacher", "unused", str(tmp_path / "teacher"), task="sem_seg")
-    planned = bench.student_runs(args, bench.table_rows(args, {}), teacher, [], [], "/a/b.pth")
+    planned = plan.student_runs(args, plan.table_rows(args, {}), teacher, [], [], "/a/b.pth")
     assert _weight(planned["none"][0], "train.init_checkpoint") == "/a/b.pth"
     assert _weight(planned["mkd"][0], "model.student_weights") == "/a/b.pth"
     assert {r.task for rs in planned.values() for r in rs} == {"sem_seg"}
@@ -391,13 +421,13 @@ def test_segmentation_table_reports_miou_against_none_and_the_teacher(tmp_path):
                              "--seeds", "0", "1", "2", "--output-dir", str(tmp_path)])
     teacher = runs.Run("teacher", "unused", str(tmp_path / "teacher"), task="sem_seg")
     _fake_run(teacher, 60.0)
-    rows = bench.table_rows(args, {})
-    planned = bench.student_runs(args, rows, teacher, [], [])
+    rows = plan.table_rows(args, {})
+    planned = plan.student_runs(args, rows, teacher, [], [])
     for name, seed_runs in planned.items():
         for seed, run in enumerate(seed_runs):
             _fake_run(run, {"none": 30.0, "mgd": 33.0, "mkd": 40.0}[name] + seed,
                       time={"none": 1.0, "mgd": 1.0, "mkd": 1.5}[name])
-    table = bench.summarize(planned, teacher, rows, bench.TASKS["sem_seg"].metrics)
+    table = tables.summarize(planned, teacher, rows, TASKS["sem_seg"].metrics)
     by_method = {row["method"]: row for row in table}
     mkd = by_method["mkd"]
     assert mkd["mIoU"] == pytest.approx(41.0) and mkd["mIoU std"] == pytest.approx(1.0)
@@ -407,10 +437,10 @@ def test_segmentation_table_reports_miou_against_none_and_the_teacher(tmp_path):
     assert mkd["time/iter vs none"] == pytest.approx(1.5)
     assert mkd["pACC"] == pytest.approx(41.0)
     assert by_method["teacher"]["mIoU"] == 60.0
-    header = runs.format_table(table, bench.columns(bench.TASKS["sem_seg"])).splitlines()[0]
+    header = runs.format_table(table, tables.columns(TASKS["sem_seg"])).splitlines()[0]
     assert header == ("| method | weights | seeds | diverged | mIoU | mIoU std | mIoU - none | "
                       "SE of diff | fwIoU | mACC | pACC | gap closed | time/iter vs none |")
-    assert bench.verdicts(table, "mIoU") == [
+    assert tables.verdicts(table, "mIoU") == [
         "MKD - none >= 2 SE: met (+10.00 mIoU, 2 SE = 1.63)",
         "MKD >= best of mgd: met (MKD 41.00, mgd 34.00, +7.00 mIoU)",
         "MKD closes >= 30% of the gap: met (34.5%)"]
@@ -418,7 +448,7 @@ def test_segmentation_table_reports_miou_against_none_and_the_teacher(tmp_path):
 
 def test_table_without_tuning_uses_calibrated_weights_and_warns(tmp_path, capsys):
     args = bench.parse_args(["--output-dir", str(tmp_path)])
-    assert bench.load_factors(args, runs.Run("teacher", "unused", str(tmp_path / "t")), []) == {}
+    assert tuning.load_factors(args, runs.Run("teacher", "unused", str(tmp_path / "t")), []) == {}
     assert "WARNING" in capsys.readouterr().out
 
 
@@ -427,19 +457,19 @@ def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_table_mkd(t
     (same directories, so cached), at the table's tuned MKD weights."""
     teacher = runs.Run("teacher", "unused", str(tmp_path / "teacher"))
 
-    def plan(argv, rows):
+    def planned(argv, rows):
         args = bench.parse_args(argv + ["--seeds", "0", "1", "--output-dir", str(tmp_path)])
-        return bench.student_runs(args, rows(args), teacher, runs.schedule(10), [])
+        return plan.student_runs(args, rows(args), teacher, runs.schedule(10), [])
 
     factors = {"mkd": 3.0}
-    ablations = plan(["--ablations"], lambda a: bench.ablation_rows(a, factors))
-    methods = plan(["--methods", "none", "mkd"], lambda a: bench.table_rows(a, factors))
-    controls = {t: v[0] for t, v in bench.ABLATIONS.items() if isinstance(v, tuple)}
+    ablations = planned(["--ablations"], lambda a: plan.ablation_rows(a, factors))
+    methods = planned(["--methods", "none", "mkd"], lambda a: plan.table_rows(a, factors))
+    controls = {t: v[0] for t, v in ABLATIONS.items() if isinstance(v, tuple)}
     assert controls == {"mimic-x3": "mimic", "mimic-x3-masked": "mimic",
                         "mimic-x3-adamw": "mimic", "mgd-grad-x1": "mgd", "mimic-x9": "mimic"}
     assert list(ablations) == ["none", "mkd"] + [f"{controls.get(t, 'mkd')}[{t}]"
-                                                 for t in bench.ABLATIONS]
-    assert set(bench.ABLATIONS) == {
+                                                 for t in ABLATIONS]
+    assert set(ABLATIONS) == {
         "distiller-lr-x10", "init-from-teacher", "single-pass-frozen-bn", "no-global-loss",
         "hidden-positions-only", "mask-ratio-0.3", "mask-ratio-0.75", "decoder-depth-1",
         "decoder-depth-4", "norm-batch", "norm-clean", "mask-ratio-0", "tokens-8", "tokens-16",
@@ -449,13 +479,13 @@ def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_table_mkd(t
         "mask-patch-16", *controls}
     for name in ("none", "mkd"):
         assert [r.output_dir for r in ablations[name]] == [r.output_dir for r in methods[name]]
-    methods.update(plan(["--methods", "mimic", "mgd"], lambda a: bench.table_rows(a, factors)))
-    for tag, value in bench.ABLATIONS.items():
-        method, extra = bench.ablation(tag)
+    methods.update(planned(["--methods", "mimic", "mgd"], lambda a: plan.table_rows(a, factors)))
+    for tag, value in ABLATIONS.items():
+        method, extra = plan.ablation(tag)
         default_runs = methods[method]
         # An ablation that sets the method's loss weights sets them relative to its calibrated
         # ones: the table's factor still multiplies them (the last override wins).
-        weights = tuple(f"{key}=" for key in bench.LOSS_WEIGHTS.get(method, []))
+        weights = tuple(f"{key}=" for key in LOSS_WEIGHTS.get(method, []))
 
         def without_weights(overrides):
             return sorted(o for o in overrides if not o.startswith(weights))
@@ -473,7 +503,7 @@ def test_weight_ablations_scale_with_the_tables_factor(tmp_path):
     teacher = runs.Run("teacher", "unused", str(tmp_path / "teacher"))
     args = bench.parse_args(["--ablations", "mkd-grad-x3", "mgd-grad-x1", "--seeds", "0",
                              "--output-dir", str(tmp_path)])
-    planned = bench.student_runs(args, bench.ablation_rows(args, {"mkd": 3.0, "mgd": 0.5}),
+    planned = plan.student_runs(args, plan.ablation_rows(args, {"mkd": 3.0, "mgd": 0.5}),
                                  teacher, runs.schedule(10), [])
 
     def last(run, key):
@@ -661,7 +691,7 @@ def test_probe_reports_initial_losses_and_both_calibration_factors(smoke_dir):
     assert by_method["mkd"]["factor to MKD's ratio"] == pytest.approx(1.0)
     text = (smoke_dir / "probe.md").read_text()
     assert "| mimic |" in text and "factor to gradient ratio 1" in text
-    calibration = json.loads((smoke_dir / bench.CALIBRATION_FILE).read_text())
+    calibration = json.loads((smoke_dir / CALIBRATION_FILE).read_text())
     assert calibration["gradient"] == pytest.approx(
         {m: r["factor to gradient ratio 1"] for m, r in by_method.items()})
 
@@ -715,42 +745,33 @@ def test_gradient_calibration_centres_each_methods_grid_on_the_probes_factor(tmp
     args = bench.parse_args(common + ["--tune", "--calibration", "gradient"])
     with pytest.raises(SystemExit, match=r"needs .*calibration\.json: run this command with "
                                          r"--probe 4"):
-        bench.calibration_factors(args, teacher)
-    path = tmp_path / bench.CALIBRATION_FILE
+        tuning.calibration_factors(args, teacher)
+    path = tmp_path / CALIBRATION_FILE
     path.write_text(json.dumps({"teacher": "another", "loss": {}, "gradient": {}}))
     with pytest.raises(SystemExit, match="probed with the teacher another.*rerun --probe"):
-        bench.calibration_factors(args, teacher)
+        tuning.calibration_factors(args, teacher)
     path.write_text(json.dumps({"teacher": teacher.output_dir, "loss": {},
                                 "gradient": {"mimic": 1.0}}))
     with pytest.raises(SystemExit, match=r"no gradient factor for \['mkd'\]"):
-        bench.calibration_factors(args, teacher)
+        tuning.calibration_factors(args, teacher)
     path.write_text(json.dumps({"teacher": teacher.output_dir, "loss": {},
                                 "gradient": {"mimic": 1.0, "mkd": 5.0}}))
-    base = bench.calibration_factors(args, teacher)
-    rows = {r.name: r.factor for r in bench.tuning_rows(args, base)}
+    base = tuning.calibration_factors(args, teacher)
+    rows = {r.name: r.factor for r in plan.tuning_rows(args, base)}
     assert rows == pytest.approx({"mimic x0.3": 0.3, "mimic x1": 1.0, "mimic x3": 3.0,
                                   "mkd x0.3": 1.5, "mkd x1": 5.0, "mkd x3": 15.0})
     # Ties go to the grid's centre, the probe's factor, not to the configs' weights.
-    assert bench.choose_factors({"mkd": {1.5: 40.0, 5.0: 40.0}}, base) == {"mkd": 5.0}
-    assert bench.calibration_factors(bench.parse_args(common + ["--tune"]), teacher) == {}
+    assert tuning.choose_factors({"mkd": {1.5: 40.0, 5.0: 40.0}}, base) == {"mkd": 5.0}
+    assert tuning.calibration_factors(bench.parse_args(common + ["--tune"]), teacher) == {}
 
 
 def test_the_second_instance_pair_trains_every_run_on_its_own_data(tmp_path, monkeypatch):
     """--pair shapes_seed1: the shapes configs with the data of generator seed 1 in the
     teacher's, the students' and the pretraining's configs; other runs than the shapes pair's."""
-    pretrained, launched = [], []
-    from mkd_bench import pretrain as pretrain_backbone
-    monkeypatch.setitem(sys.modules, "pretrain_backbone", pretrain_backbone)
-    monkeypatch.setattr(pretrain_backbone, "pretrain",
+    pretrained, launched = [], _launch_made_up_runs(monkeypatch)
+    monkeypatch.setattr(pretrain, "pretrain",
                         lambda config, settings, root, overrides=(): pretrained.append(
                             (config, list(overrides))) or str(tmp_path / "bottom_up.pth"))
-
-    def launch(todo, **kwargs):  # made-up scores instead of training
-        for run in todo:
-            launched.append(run)
-            _fake_run(run, 40.0)
-
-    monkeypatch.setattr(bench.runs, "launch", launch)
     common = ["--output-dir", str(tmp_path), "--teacher-cache", str(tmp_path / "teachers"),
               "--methods", "none", "mkd", "--seeds", "0"]
     data = ["dataloader.train.dataset.names=mkd_shapes_seed1_train",
@@ -763,7 +784,7 @@ def test_the_second_instance_pair_trains_every_run_on_its_own_data(tmp_path, mon
         assert cfg.dataloader.train.dataset.names == "mkd_shapes_seed1_train"
         assert cfg.dataloader.test.dataset.names == "mkd_shapes_seed1_val"
     args = bench.parse_args(common)
-    shapes = bench.student_runs(args, bench.table_rows(args, {}), teacher, [], [])
+    shapes = plan.student_runs(args, plan.table_rows(args, {}), teacher, [], [])
     assert {r.output_dir for r in students}.isdisjoint(
         r.output_dir for seed_runs in shapes.values() for r in seed_runs)
 
@@ -772,22 +793,13 @@ def test_the_r34_teacher_pair_starts_its_teacher_from_the_teachers_own_pretraine
         tmp_path, monkeypatch):
     """--pair shapes_r34: the bottom-up pretrained for the R34 teacher's config starts the
     teacher, the R18 student's starts every student; both are pretrained on the same data."""
-    pretrained, launched = [], []
-    from mkd_bench import pretrain as pretrain_backbone
-    monkeypatch.setitem(sys.modules, "pretrain_backbone", pretrain_backbone)
+    pretrained, launched = [], _launch_made_up_runs(monkeypatch)
 
-    def pretrain(config, settings, root, overrides=()):
+    def pretrain_config(config, settings, root, overrides=()):
         pretrained.append(config)
         return str(tmp_path / f"{Path(config).parent.name}_{Path(config).stem}.pth")
 
-    monkeypatch.setattr(pretrain_backbone, "pretrain", pretrain)
-
-    def launch(todo, **kwargs):  # made-up scores instead of training
-        for run in todo:
-            launched.append(run)
-            _fake_run(run, 40.0)
-
-    monkeypatch.setattr(bench.runs, "launch", launch)
+    monkeypatch.setattr(pretrain, "pretrain", pretrain_config)
     bench.main(["--output-dir", str(tmp_path), "--teacher-cache", str(tmp_path / "teachers"),
                 "--methods", "none", "mimic", "mkd", "--seeds", "0", "--pair", "shapes_r34"])
     assert sorted(pretrained) == sorted([runs.config_path("student", "shapes_r34"),
@@ -817,7 +829,7 @@ def test_the_r34_teacher_pairs_configs_are_the_shapes_configs_with_only_the_teac
         assert OmegaConf.to_yaml(teacher[part]) == OmegaConf.to_yaml(r18[part]), part
     assert teacher.train.init_checkpoint == "./output/pretrained/shapes_R34.pth"
     assert teacher.train.max_iter == 2 * r18.train.max_iter
-    for name in bench.PAIRS["shapes_r34"].methods.values():
+    for name in PAIRS["shapes_r34"].methods.values():
         cfg = LazyConfig.load(runs.config_path(name, "shapes_r34"))
         reference = _shapes_config(name)
         assert cfg.train.pop("output_dir") == f"./output/shapes_r34/{name}"
@@ -835,20 +847,13 @@ def test_factors_from_another_pair_apply_its_tuned_weights_unchanged(tmp_path, m
     """A second instance is judged with the weights chosen on the first: --factors-from takes
     the shapes pair's tuned_factors.json, checked against the options that tuned it; the table
     on shapes_seed1 then trains MKD at those weights, on its own data."""
-    monkeypatch.setattr(bench, "pretrained_bottom_up",
+    monkeypatch.setattr(plan, "pretrained_bottom_up",
                         lambda args, detector="": str(tmp_path / "bottom_up.pth"))
-    launched = []
-
-    def launch(todo, **kwargs):  # made-up scores instead of training
-        for run in todo:
-            launched.append(run)
-            _fake_run(run, 40.0)
-
-    monkeypatch.setattr(bench.runs, "launch", launch)
+    launched = _launch_made_up_runs(monkeypatch)
     shapes = tmp_path / "shapes"
     common = ["--teacher-cache", str(tmp_path / "teachers"), "--methods", "none", "mkd"]
     bench.main(common + ["--output-dir", str(shapes), "--tune", "--grid", "3"])
-    assert json.loads((shapes / bench.TUNING_FILE).read_text())["factors"] == {"mkd": 3.0}
+    assert json.loads((shapes / TUNING_FILE).read_text())["factors"] == {"mkd": 3.0}
 
     launched.clear()
     second = common + ["--pair", "shapes_seed1", "--output-dir", str(tmp_path / "seed1"),

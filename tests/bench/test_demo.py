@@ -7,6 +7,8 @@ from detectron2.data import MetadataCatalog
 from omegaconf import OmegaConf
 
 import mkd_bench.datasets
+from mkd_bench.pairs import SMOKE_ITER
+from tests.helpers import run_tool
 
 
 @pytest.fixture
@@ -26,7 +28,7 @@ def test_demo_smoke_runs_every_stage_from_the_pretrained_bottom_up(tmp_path, cap
     assert [r["run"] for r in rows] == ["teacher", "student", "student + MKD"]
     for row in rows:
         assert all(math.isfinite(row[k]) for k in ("AP", "AP50", "AP75")), row
-        assert row["iterations"] == demo.SMOKE_ITER  # iterations trained, not the step index
+        assert row["iterations"] == SMOKE_ITER  # iterations trained, not the step index
     printed = capsys.readouterr().out
     assert all(f"[demo {i}/7, " in printed for i in range(1, 8))
     assert (tmp_path / "ap_vs_iteration.png").stat().st_size > 0
@@ -49,3 +51,12 @@ def test_demo_smoke_runs_every_stage_from_the_pretrained_bottom_up(tmp_path, cap
     demo.main(["--smoke", "--output-dir", str(tmp_path)])
     assert "reusing the cached" in capsys.readouterr().out
     assert os.path.getmtime(bottom_up) == trained
+
+
+def test_the_tool_is_the_demos_command_line(capsys):
+    """tools/shapes_demo.py (``make demo``) only runs the harness: the options are the demo's."""
+    with pytest.raises(SystemExit) as exited:
+        run_tool("shapes_demo", ["--help"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert "make demo" in printed and "--pretrain-iter" in printed and "--smoke" in printed

@@ -15,7 +15,7 @@ from mkd import load_verified_weights
 from mkd_bench import pretrain as pretrain_backbone
 from mkd_bench.datasets import register_builtin, split_paths
 from mkd_bench.datasets.shapes import generate_dataset
-from tests.helpers import REPO
+from tests.helpers import REPO, run_tool
 
 STUDENT = str(REPO / "configs" / "shapes" / "student.py")
 TINY = pretrain_backbone.Settings(iters=2, batch_size=4, crop_size=32)
@@ -110,3 +110,13 @@ def test_a_segmentation_config_is_refused_before_anything_is_written(tmp_path):
                                          "configs/shapes/student.py"):
         pretrain_backbone.pretrain(config, TINY, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_tool_is_the_pretrainings_command_line(capsys):
+    """tools/pretrain_backbone.py only runs the harness: every setting is an option."""
+    with pytest.raises(SystemExit) as exited:
+        run_tool("pretrain_backbone", ["--help"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert "--config-file" in printed
+    assert all(f"--{name}" in printed for name in ("iters", "batch-size", "crop-size", "link"))

@@ -11,7 +11,7 @@ from detectron2.utils.events import EventStorage
 
 import mkd_bench.probe
 from mkd.modeling.distillers import MimicDistiller
-from mkd_bench import distill_benchmark as bench
+from mkd_bench import tuning
 from mkd_bench.probe import main as probe_main
 from tests import helpers
 from tests.helpers import REPO, make_mkd
@@ -59,11 +59,11 @@ def test_the_command_reports_loss_and_gradient_ratios(tiny_digits, teacher_weigh
 
 @pytest.mark.slow
 def test_the_benchmarks_calibration_reads_the_probes_numbers(tiny_digits, teacher_weights):
-    """tools/benchmark_distill.py's probe_config is the library's probe of the run's config:
+    """The benchmark's probe_config (its --probe) is the library's probe of the run's config:
     the same losses and gradient ratios from the same seed and batches."""
     config = str(BUILTIN / "retinanet_R50_to_R18_mimic.py")
     overrides = [f"model.teacher_weights={teacher_weights}", *SMALL[:1]]
-    calibrated = bench.probe_config(config, overrides, 1)
+    calibrated = tuning.probe_config(config, overrides, 1)
     probed = probe_main(["--config-file", config, "--batches", "1", *overrides])
     assert calibrated["losses"].keys() == probed["losses"].keys()
     for key, value in calibrated["losses"].items():
