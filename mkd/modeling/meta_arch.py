@@ -397,5 +397,4 @@ def image_key(batched_input: Dict, index: int) -> int:
 
 @META_ARCH_REGISTRY.register()
 class MKD(FeatureDistillation):
-    """The name that saved LazyConfigs (``_target_: mkd.MKD``) and yacs configs
-    (``META_ARCHITECTURE: MKD``) use: the same meta-architecture."""
+    """The same meta-architecture, named as saved LazyConfigs and yacs configs name it."""
