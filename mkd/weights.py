@@ -31,7 +31,7 @@ class _RecordingCheckpointer(DetectionCheckpointer):
     in, the incompatible keys out) are the hooks through which ``Checkpointer.load`` reads and
     loads the weights (fvcore documents ``_load_file`` as the override point for formats, and
     Detectron2 overrides both for the model zoo's); their contracts are the same on Detectron2
-    0.6 and main (tests/test_weights.py and tests/test_bad_inputs.py pin them)."""
+    0.6 and main (tests/unit/test_weights.py and tests/integration/test_bad_inputs.py pin them)."""
 
     incompatible = None
 

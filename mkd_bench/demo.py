@@ -79,7 +79,7 @@ def prepare_dataset(smoke: bool, out: str) -> None:
     elif not os.path.isdir(root):
         GENERATORS[PAIR.dataset].generate_dataset(root, num_train=8, num_val=4, image_size=128,
                                                   workers=1)
-    register_builtin(dataset=PAIR.dataset)  # importing mkd.data registered the previous root
+    register_builtin(dataset=PAIR.dataset)  # at $MKD_DATASETS: an earlier registration may not be
 
 
 def pretrained_bottom_up(args, out: str) -> str:

@@ -17,7 +17,7 @@ running statistics of ranks other than 0 (Detectron2 does not broadcast buffers)
 evaluation and a masked pass with frozen statistics read. With augmentations that draw nothing,
 a model that draws nothing (RetinaNet; MKD's masks are seeded) and
 ``dataloader.train.num_workers=0``, a resumed run ends bit-identical to an uninterrupted one on
-CPU, in one process or two (tests/test_kill_resume.py). The LR schedule depends on
+CPU, in one process or two (tests/integration/test_kill_resume.py). The LR schedule depends on
 ``train.max_iter``: resume with the one the run started with.
 """
 import contextlib
@@ -117,7 +117,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
     and a ``last_checkpoint`` that names a complete file.
 
     fvcore's ``save`` and ``tag_last_checkpoint`` write through the checkpointer's public
-    ``path_manager``, which is what this replaces; tests/test_kill_resume.py pins that on both
+    ``path_manager``, which is what this replaces; tests/integration/test_kill_resume.py pins that on both
     Detectron2 versions (a save that fails half-way must leave the previous file intact)."""
 
     def __init__(self, model, save_dir="", **kwargs):

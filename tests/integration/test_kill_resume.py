@@ -214,7 +214,7 @@ def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_checkpoint(wo
 
 
 def _ddp_worker(rank, init_file, runs):
-    """Detectron2's launch on CPU, as tests/test_ddp.py does it: one gloo process per rank, each
+    """Detectron2's launch on CPU, as tests/integration/test_ddp.py does it: one gloo process per rank, each
     running tools/train_net.py's main for every command line of ``runs`` in turn."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.set_num_threads(1)
