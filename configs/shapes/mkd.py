@@ -19,7 +19,4 @@ model.teacher = _teacher
 model.student_weights = train.init_checkpoint
 train.init_checkpoint = ""
 model.teacher_weights = _teacher_train.output_dir + "/model_final.pth"
-# A smaller decoder for small images on CPU (16 tokens per level at 128 px).
-model.distiller.decoder.update(width=128, num_heads=4)
-
 train.output_dir = "./output/shapes/mkd"

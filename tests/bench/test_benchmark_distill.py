@@ -475,7 +475,7 @@ def test_ablations_plan_one_mkd_row_per_question_beside_none_and_the_table_mkd(t
         "decoder-depth-4", "norm-batch", "norm-clean", "mask-ratio-0", "tokens-8", "tokens-16",
         "decoder-depth-0", "residual-adapter", "distiller-adamw", "mkd-grad-x1", "mkd-grad-x3",
         "mkd-grad-x9", "feature-norm-layernorm", "levels-p3-p5", "student-gradient-x3",
-        "student-gradient-x0.33", "sam-norm", "decoder-width-256", "levels-per-sequence",
+        "student-gradient-x0.33", "sam-norm", "decoder-width-128", "levels-per-sequence",
         "mask-patch-16", *controls}
     for name in ("none", "mkd"):
         assert [r.output_dir for r in ablations[name]] == [r.output_dir for r in methods[name]]
