@@ -1,9 +1,8 @@
-"""Detectron2 registration of the built-in datasets, and checks that datasets exist and hold data.
+"""Detectron2 registration of the built-in datasets, generated on first use.
 
 The built-in datasets ("shapes", the learnable CPU proxy, and "digits", its harder variant) are
-generated on first use, so configs that train on them work on a fresh machine without downloads.
-Datasets that cannot be generated (COCO) get a clear error up front instead of a crash deep inside
-the data loader.
+generated on first use, so configs that train on them work on a fresh machine without downloads:
+their metadata's ``prepare`` generates them when ``mkd.engine.datasets`` checks a run's data.
 """
 import functools
 import json
