@@ -21,7 +21,8 @@ PINS = ("numpy<1.24", "Pillow<10", "setuptools<81")
 FAKE_PYTHON = r'''
 import importlib.abc, importlib.machinery, json, os, sys, tarfile, io
 
-STUBBED = {"torch", "torchvision", "detectron2", "mkd", "numpy", "PIL", "fvcore", "pycocotools",
+STUBBED = {"torch", "torchvision", "detectron2", "mkd", "mkd_bench", "numpy", "PIL", "fvcore",
+           "pycocotools",
            "tensorboard", "matplotlib", "scipy", "sklearn", "skimage", "pytest", "setuptools",
            "wheel", "ninja", "timm"}
 state_file = os.environ["FAKE_STATE"]
@@ -48,7 +49,7 @@ if args[:2] == ["-m", "pip"]:
     if args[2] == "install" and (args[-1].endswith("pb1-detectron2-0.6") or args[-1] == "."):
         installed.add("detectron2")
     if args[2] == "install" and "-e" in args:
-        installed.add("mkd")
+        installed.update({"mkd", "mkd_bench"})
     with open(state_file, "w") as f:
         f.write(" ".join(sorted(installed)))
     sys.exit(0)
@@ -59,6 +60,10 @@ class Stand_ins(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if name.split(".")[0] not in STUBBED:
             return None
         if name.split(".")[0] not in installed:
+            # python -c puts the working directory first on sys.path: a package folder there
+            # imports without an install.
+            if args[0] == "-c" and os.path.isdir(name.split(".")[0]):
+                return importlib.machinery.ModuleSpec(name, self, is_package=True)
             raise ModuleNotFoundError(f"No module named {name!r}")
         return importlib.machinery.ModuleSpec(name, self, is_package=True)
 
@@ -80,9 +85,10 @@ exec(compile(code, "<fake>", "exec"), {"__name__": "__main__"})
 '''
 
 
-def run_script(tmp_path, installed, python="3.11", script=SCRIPT, args=(), env=None, **versions):
-    """``script`` (install_env.sh) on a stand-in venv holding ``installed``; (result, pip
-    commands)."""
+def run_script(tmp_path, installed, python="3.11", script=SCRIPT, args=(), env=None, cwd=None,
+               **versions):
+    """``script`` (install_env.sh) on a stand-in venv holding ``installed``, run from ``cwd``;
+    (result, pip commands)."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True, exist_ok=True)
     (tmp_path / "log").unlink(missing_ok=True)
@@ -93,7 +99,7 @@ def run_script(tmp_path, installed, python="3.11", script=SCRIPT, args=(), env=N
     env = dict(env or os.environ, FAKE_LOG=str(tmp_path / "log"),
                FAKE_STATE=str(tmp_path / "state"), FAKE_PYTHON=python,
                **{f"FAKE_VERSION_{k}": v for k, v in versions.items()})
-    result = subprocess.run(["bash", str(script), str(venv), *args], env=env,
+    result = subprocess.run(["bash", str(script), str(venv), *args], env=env, cwd=cwd,
                             capture_output=True, text=True, timeout=60)
     log = tmp_path / "log"
     calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -111,8 +117,8 @@ BASE = ["torch", "torchvision", "numpy", "PIL", "fvcore", "pycocotools", "tensor
 
 def test_an_existing_detectron2_keeps_numpy_pillow_and_setuptools(tmp_path):
     # Detectron2 main with numpy 2 and Pillow 11; the tests' scikit-* missing.
-    result, calls = run_script(tmp_path, BASE + ["detectron2", "mkd"], detectron2="0.6+main",
-                               numpy="2.4.0", PIL="11.0.0")
+    result, calls = run_script(tmp_path, BASE + ["detectron2", "mkd", "mkd_bench"],
+                               detectron2="0.6+main", numpy="2.4.0", PIL="11.0.0")
     assert result.returncode == 0, result.stderr
     assert "already installed: keeping it" in result.stdout
     assert not any(mentions(calls, pin) for pin in PINS)
@@ -127,14 +133,25 @@ def test_an_existing_detectron2_keeps_numpy_pillow_and_setuptools(tmp_path):
         assert f"{name}=={metadata.version(name)}" in held
 
 
+def test_the_project_is_installed_though_its_folders_import_from_the_repository(tmp_path):
+    """``make`` runs from the repository root, where ``python -c "import mkd"`` finds the folder
+    without an install; the tools, run as scripts, would then not find the packages."""
+    result, calls = run_script(tmp_path, BASE + ["sklearn", "skimage", "detectron2"], cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert [call["pip"] for call in calls] == [["install", "--no-deps", "--no-build-isolation",
+                                                 "-e", str(REPO)]]
+
+
 def test_a_complete_environment_is_left_untouched(tmp_path):
-    result, calls = run_script(tmp_path, BASE + ["sklearn", "skimage", "detectron2", "mkd"])
+    result, calls = run_script(tmp_path, BASE + ["sklearn", "skimage", "detectron2", "mkd",
+                                                 "mkd_bench"])
     assert result.returncode == 0, result.stderr
     assert calls == []
 
 
 def test_detectron2_0_6_on_an_old_numpy_is_noted_not_changed(tmp_path):
-    result, calls = run_script(tmp_path, BASE + ["sklearn", "skimage", "detectron2", "mkd"],
+    result, calls = run_script(tmp_path, BASE + ["sklearn", "skimage", "detectron2", "mkd",
+                                                 "mkd_bench"],
                                detectron2="0.6", numpy="1.26.4", PIL="10.1.0")
     assert result.returncode == 0, result.stderr
     assert "need numpy<1.24 and Pillow<10" in result.stdout and "left as they are" in result.stdout
@@ -189,7 +206,8 @@ def test_setup_cfg_finds_every_package_of_the_method_and_the_harness():
 
 # -- tools/install/install_d2main.sh -----------------------------------------------------------
 D2MAIN = REPO / "tools" / "install" / "install_d2main.sh"
-D2MAIN_BASE = BASE + ["setuptools", "wheel", "ninja", "sklearn", "skimage", "timm", "mkd"]
+D2MAIN_BASE = BASE + ["setuptools", "wheel", "ninja", "sklearn", "skimage", "timm", "mkd",
+                      "mkd_bench"]
 
 
 def source_archive(tmp_path):

@@ -114,7 +114,7 @@ then
   pip install pytest scikit-learn scikit-image scipy matplotlib timm
 fi
 
-if ! (cd / && "$py" -c "import mkd") 2>/dev/null; then
+if ! (cd / && "$py" -c "import mkd, mkd_bench") 2>/dev/null; then
   step "installing this project (pip install -e .)"
   pip install --no-deps --no-build-isolation -e "$root"
 fi

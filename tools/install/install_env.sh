@@ -88,7 +88,9 @@ EOF
   pip install -c "$work/constraints.txt" -r "$root/tools/install/requirements.txt"
 fi
 
-if ! "$py" -c "import mkd" 2>/dev/null; then
+# From outside the repository: in it, "import mkd" finds the folder, not an install, and the
+# tools (run as scripts) would not find the packages.
+if ! (cd / && "$py" -c "import mkd, mkd_bench") 2>/dev/null; then
   step "installing this project (pip install -e .)"
   pip install --no-deps --no-build-isolation -e "$root"
 fi
