@@ -32,6 +32,10 @@ or any ``tools/train_net.py`` output directory: ``config.yaml``, ``model_final.p
    loss's gradient (clean pass) and the cosine between the task and distillation gradients.
    Mimic scores its adapter on the clean student with the same feature loss: the control for
    MKD's decoder.
+4. **MKD's and mimic's gradients on one student** (E8, when the runs hold an MKD and a mimic
+   run): both runs' trained distillers score each run's student weights in turn, on the batch
+   of section 3; the gradient norms they send into the bottom-up network per level, and the
+   cosines between MKD's and mimic's and with the task's.
 
     python tools/diagnose_mkd.py --runs output/benchmark_distill/shapes/mkd/seed0-* \\
         output/benchmark_distill/shapes/mimic/seed0-* \\
@@ -40,11 +44,13 @@ or any ``tools/train_net.py`` output directory: ``config.yaml``, ``model_final.p
 A plain detector's run (the "none" row) is compared with the teacher of the first distilled run.
 """
 import argparse
+import copy
 import os
 from typing import List
 
 from detectron2.config import LazyConfig
 
+from mkd_bench.diagnose.directions import gradient_directions
 from mkd_bench.diagnose.errors import reconstruction_errors, teacher_maps
 from mkd_bench.diagnose.plots import plot_errors, plot_losses, plot_weighting
 from mkd_bench.diagnose.records import (
@@ -53,6 +59,7 @@ from mkd_bench.diagnose.records import (
     diagnosis_inputs,
     load_run,
     method_of,
+    student_of,
     task_losses,
 )
 from mkd_bench.diagnose.report import write_report
@@ -109,6 +116,7 @@ def main(argv=None) -> List[RunRecord]:
     mkd_runs = [r for r in distilled if r.method == "mkd"]
     mode = mkd_runs[0].cfg.model.distiller.feature_loss.normalize if mkd_runs else "channel"
     levels, teachers = None, {}  # teacher weights -> teacher_maps; the first serves "none" runs
+    students = {}  # run name -> its student's weights (section 4)
     for run in records:
         print(f"[diagnose] {run.name}", flush=True)
         model = build_model(run, args.seed, args.teacher_weights, args.device)
@@ -125,7 +133,15 @@ def main(argv=None) -> List[RunRecord]:
         run.errors = reconstruction_errors(model, inputs, teacher, levels, mode, args.ridge)
         if run.method in WEIGHED:
             run.weighting, run.gradients = level_weighting(model, inputs)
+        students[run.name] = copy.deepcopy(student_of(model).state_dict())
         del model
+    compared = {m: next((r for r in distilled if r.method == m), None) for m in ("mkd", "mimic")}
+    directions = None
+    if all(compared.values()):
+        print("[diagnose] MKD's and mimic's gradients on one student", flush=True)
+        directions = gradient_directions(
+            *(build_model(compared[m], args.seed, args.teacher_weights, args.device)
+              for m in ("mkd", "mimic")), students, inputs)
     figures = {"losses": plot_losses(records, args.output_dir),
                "errors": [os.path.join(args.output_dir, "reconstruction_error.png")],
                "weighting": []}
@@ -134,7 +150,7 @@ def main(argv=None) -> List[RunRecord]:
     if weighted:
         figures["weighting"] = [os.path.join(args.output_dir, "level_weighting.png")]
         plot_weighting(weighted, figures["weighting"][0])
-    print(write_report(records, args, mode, figures), flush=True)
+    print(write_report(records, args, mode, figures, directions), flush=True)
     print(f"Wrote {os.path.join(args.output_dir, 'report.md')} and "
           + ", ".join(os.path.basename(p) for ps in figures.values() for p in ps), flush=True)
     return records

@@ -2,11 +2,12 @@
 them."""
 import math
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
 from mkd_bench import runs
+from mkd_bench.diagnose.directions import DIRECTION_COLUMNS, TOTAL_COLUMNS
 from mkd_bench.diagnose.errors import BASELINE, DECODER, ERROR_COLUMNS, READOUT
 from mkd_bench.diagnose.records import RunRecord, distillation_weights, loss_rows
 from mkd_bench.diagnose.weighting import WEIGHTING_COLUMNS
@@ -93,8 +94,10 @@ def findings(records: Sequence[RunRecord]) -> List[str]:
     return lines
 
 
-def write_report(records: Sequence[RunRecord], args, mode: str, figures: Dict[str, List[str]]):
-    """report.md in ``args.output_dir``; returns its text."""
+def write_report(records: Sequence[RunRecord], args, mode: str, figures: Dict[str, List[str]],
+                 directions: Optional[Tuple[List[Dict], List[Dict]]] = None):
+    """report.md in ``args.output_dir`` (``directions``: section 4's rows and totals, when the
+    runs hold an MKD and a mimic run); returns its text."""
     teachers = sorted({str(OmegaConf.select(r.cfg, "model.teacher_weights"))
                        for r in records if r.method != "none"})
     parts = ["# MKD diagnosis", "",
@@ -152,6 +155,15 @@ def write_report(records: Sequence[RunRecord], args, mode: str, figures: Dict[st
                       table([{"quantity": k, "value": v} for k, v in run.gradients.items()],
                             ["quantity", "value"]), ""]
     parts += [f"![{p}]({os.path.basename(p)})" for p in figures["weighting"]]
+    if directions:
+        rows, totals = directions
+        parts += ["", "## 4. MKD's and mimic's gradients on one student (E8)", "",
+                  "The first MKD run's decoder and the first mimic run's adapter, as trained, "
+                  "score the same student weights (each run's in turn) on the batch of section "
+                  "3; grad: the norm of the gradient each level's terms send into the student's "
+                  "bottom-up network; cosine: between MKD's and mimic's gradients (1: the same "
+                  "direction, 0: unrelated).", "", table(rows, DIRECTION_COLUMNS), "",
+                  table(totals, TOTAL_COLUMNS), ""]
     parts += ["", "## Findings (read off the tables)", ""]
     parts += [f"- {line}" for line in findings(records)]
     text = "\n".join(parts) + "\n"

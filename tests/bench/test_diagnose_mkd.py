@@ -11,7 +11,7 @@ from detectron2.config import LazyConfig, instantiate
 
 from mkd.engine import train as train_net
 from mkd.modeling.meta_arch import image_key
-from mkd_bench.diagnose import cli, errors, records, weighting
+from mkd_bench.diagnose import cli, directions, errors, records, weighting
 from tests.helpers import REPO, run_tool, train_net_setup
 
 BUILTIN = REPO / "configs" / "builtin"
@@ -117,7 +117,8 @@ def test_report_has_a_finite_row_per_level_and_every_figure(diagnosis):
         assert record.task_losses["loss_cls"] > 0
     report = (out / "report.md").read_text()
     for section in ("## 1. Loss curves per term", "## 2. Reconstruction error per level",
-                    "## 3. Per-level weighting (MKD and mimic runs)", "## Findings"):
+                    "## 3. Per-level weighting (MKD and mimic runs)",
+                    "## 4. MKD's and mimic's gradients on one student (E8)", "## Findings"):
         assert section in report
     error_tables = report.split("## 2.")[1].split("## 3.")[0]
     assert all(error_tables.count(f"| {level} |") == 3 for level in LEVELS)  # one per run
@@ -289,3 +290,32 @@ def test_the_tool_is_the_diagnosis_command_line(capsys):
     assert exited.value.code == 0
     printed = capsys.readouterr().out
     assert "**Per-level weighting**" in printed and "--teacher-weights" in printed
+
+
+@pytest.mark.slow
+def test_gradient_directions_agree_for_one_distiller_and_follow_the_student(diagnosis):
+    """Section 4 with MKD's model in both places is one gradient twice: cosine 1, ratio 1 at
+    every level; another student's weights give other gradients; the rows name each student."""
+    runs, _ = diagnosis
+    inputs = records.diagnosis_inputs(runs["mkd"].cfg, None, 2)
+
+    def build(method):
+        return records.build_model(runs[method], seed=0, teacher_weights=None, device="cpu")
+
+    students = {name: build(name) for name in ("mkd", "none")}
+    students = {"mkd": students["mkd"].student.state_dict(),
+                "none": students["none"].state_dict()}
+    rows, totals = directions.gradient_directions(build("mkd"), build("mkd"), students, inputs)
+    assert [(r["student"], r["level"]) for r in rows] == [
+        (name, level) for name in students for level in [*LEVELS, directions.ALL_LEVELS]]
+    for row in rows:
+        assert row["MKD grad"] > 0 and row["mimic / MKD"] == pytest.approx(1.0)
+        assert row["cosine(MKD, mimic)"] == pytest.approx(1.0, abs=1e-5)
+    by_student = {name: [r["MKD grad"] for r in rows if r["student"] == name] for name in students}
+    assert by_student["mkd"] != pytest.approx(by_student["none"])
+    assert [t["student"] for t in totals] == list(students)
+    assert all(-1 <= t["cosine(MKD, task)"] <= 1 and t["task grad"] > 0 for t in totals)
+
+    mkd_and_mimic, _ = directions.gradient_directions(build("mkd"), build("mimic"),
+                                                      {"mkd": students["mkd"]}, inputs)
+    assert all(-1 <= r["cosine(MKD, mimic)"] < 1 - 1e-3 for r in mkd_and_mimic)
