@@ -79,8 +79,8 @@ def test_verdicts_say_met_or_by_how_much_missed():
     assert lines[1] == "MKD >= best of fgd/mgd: missed (MKD 25.00, mgd 25.50, -0.50 AP)"
     assert lines[2] == ("MKD >= fgd_recipe (a published recipe, its own row): missed "
                         "(MKD 25.00, fgd_recipe 26.00, -1.00 AP)")
-    assert lines[3] == "MKD closes >= 30% of the gap: missed (25.0%, short by 5.0 points)"
-    table[4].update({"AP": 27.0, "AP - none": 7.0, "gap closed": 0.35})
+    assert lines[3] == "MKD closes >= 40% of the gap: missed (25.0%, short by 15.0 points)"
+    table[4].update({"AP": 27.0, "AP - none": 7.0, "gap closed": 0.45})
     assert [line.split(":")[1].split()[0] for line in tables.verdicts(table, "AP")] == ["met"] * 4
 
 
@@ -168,7 +168,7 @@ def test_tuning_chooses_on_tuning_seeds_only_and_the_table_uses_its_factors(tmp_
     assert (rows["mimic"]["weights"], rows["mkd"]["weights"]) == ("x3", "x0.3")
     assert rows["mkd"]["AP - none"] == pytest.approx(10.0)
     assert rows["mkd"]["gap closed"] == pytest.approx(10.0 / (40.0 - 21.0))
-    assert "MKD closes >= 30% of the gap: met" in (tmp_path / "results.md").read_text()
+    assert "MKD closes >= 40% of the gap: met (52.6%)" in (tmp_path / "results.md").read_text()
 
     with pytest.raises(SystemExit, match=r"seeds \[100\] chose the weights"):
         bench.main(common[:-3] + ["100", "1"])
@@ -443,7 +443,7 @@ def test_segmentation_table_reports_miou_against_none_and_the_teacher(tmp_path):
     assert tables.verdicts(table, "mIoU") == [
         "MKD - none >= 2 SE: met (+10.00 mIoU, 2 SE = 1.63)",
         "MKD >= best of mgd: met (MKD 41.00, mgd 34.00, +7.00 mIoU)",
-        "MKD closes >= 30% of the gap: met (34.5%)"]
+        "MKD closes >= 40% of the gap: missed (34.5%, short by 5.5 points)"]
 
 
 def test_table_without_tuning_uses_calibrated_weights_and_warns(tmp_path, capsys):
