@@ -135,9 +135,10 @@ def register_sem_seg(root, dataset, category_names, prepare):
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
 
-        def load(split=split):
-            prepare()
-            ensure_labels(root, split)
+        prepare_split = functools.partial(_prepare, prepare, root, split)
+
+        def load(prepare_split=prepare_split, split=split):
+            prepare_split()
             return load_sem_seg_dicts(root, split)
 
         DatasetCatalog.register(name, load)
@@ -149,10 +150,11 @@ def register_sem_seg(root, dataset, category_names, prepare):
             ignore_label=IGNORE_LABEL,
             dataset_root=root,
             # mkd.engine.datasets' checks prepare the labels (generate them) instead of reading.
-            prepare=functools.partial(_prepare, prepare, root, split),
+            prepare=prepare_split,
         )
 
 
 def _prepare(prepare_detection, root, split):
+    """The detection split, then its labels: what loading and the dataset checks need first."""
     prepare_detection()
     ensure_labels(root, split)

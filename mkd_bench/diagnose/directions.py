@@ -4,7 +4,7 @@ and each sends a gradient into that student's bottom-up network: their norms per
 cosine between MKD's and mimic's, and each one's with the task's. The student weights are each
 run's own in turn, so the directions are compared where MKD, mimic and the plain student ended.
 """
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from detectron2.utils.events import EventStorage
@@ -24,17 +24,18 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
 
 
-def level_gradients(model: FeatureDistillation, inputs: Sequence[Dict],
-                    ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+def level_gradients(model: FeatureDistillation, inputs: Sequence[Dict], with_task: bool = True,
+                    ) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]:
     """Per level, the gradient that the distiller's weighted terms at that level (every loss)
     send into the student's bottom-up parameters, their sum's under ``ALL_LEVELS``, and the task
-    loss's (clean pass): training mode on one batch, every weight restored afterwards."""
+    loss's (clean pass; ``None`` without ``with_task``): training mode on one batch, every weight
+    restored afterwards."""
     with training_mode(model), EventStorage():
         student = model.student
         images = student.preprocess_image(inputs).tensor
         teacher = model.teacher_features(inputs, images)
         parameters = [p for p in student.backbone.bottom_up.parameters() if p.requires_grad]
-        task = gradient(sum(student(inputs).values()), parameters)
+        task = gradient(sum(student(inputs).values()), parameters) if with_task else None
         terms, _ = distillation_terms(model, images, inputs, teacher)
         per_level = {k: sum(weight * level_terms[k] for weight, level_terms in terms.values())
                      for k in model.levels}
@@ -54,10 +55,12 @@ def gradient_directions(mkd: FeatureDistillation, mimic: FeatureDistillation,
                          "compare runs of one pair")
     rows, totals = [], []
     for name, weights in students.items():
-        grads, task = {}, None
-        for method, model in (("MKD", mkd), ("mimic", mimic)):
-            model.student.load_state_dict(weights)
-            grads[method], task = level_gradients(model, inputs)
+        grads = {}
+        mkd.student.load_state_dict(weights)
+        mimic.student.load_state_dict(weights)
+        # One student: one task gradient (MKD's pass, where the clean pass comes first).
+        grads["MKD"], task = level_gradients(mkd, inputs)
+        grads["mimic"], _ = level_gradients(mimic, inputs, with_task=False)
         for level in [*mkd.levels, ALL_LEVELS]:
             a, b = grads["MKD"][level], grads["mimic"][level]
             rows.append(dict(zip(DIRECTION_COLUMNS, (
