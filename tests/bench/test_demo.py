@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 import mkd_bench.datasets
 from mkd_bench.pairs import SMOKE_ITER
-from tests.helpers import run_tool
+from tests.helpers import REPO, run_tool
 
 
 @pytest.fixture
@@ -44,7 +44,12 @@ def test_demo_smoke_runs_every_stage_from_the_pretrained_bottom_up(tmp_path, cap
                      (tmp_path / "student_mkd", "model.student_weights")]:
         cfg = LazyConfig.load(str(run / "config.yaml"))
         assert os.path.realpath(OmegaConf.select(cfg, key)) == bottom_up, (run, key)
-    assert LazyConfig.load(str(tmp_path / "student_mkd" / "config.yaml")).train.seed == 0
+    mkd_cfg = LazyConfig.load(str(tmp_path / "student_mkd" / "config.yaml"))
+    assert mkd_cfg.train.seed == 0
+    # MKD at the benchmark's tuned weights, the table's MKD row: the config's, times the factor.
+    calibrated = LazyConfig.load(str(REPO / "configs" / "shapes" / "mkd.py")).model.distiller
+    for key in ("feature_weight", "global_weight"):
+        assert mkd_cfg.model.distiller[key] == pytest.approx(demo.MKD_FACTOR * calibrated[key])
 
     # A second demo reuses the pretraining and the teacher: their hashes match.
     trained = os.path.getmtime(bottom_up)
