@@ -1,6 +1,7 @@
 """Shared fixtures: the built-in datasets on a few generated images. Shared builders live in
 ``tests/helpers.py``."""
 import os
+import shutil
 
 import pytest
 from detectron2.data import MetadataCatalog
@@ -37,3 +38,21 @@ def shapes_root(tmp_path_factory):
     register_builtin(root, dataset="shapes")
     yield root
     register_builtin(previous, dataset="shapes")
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request):
+    """``module_tmp(name)``: a new folder for a module-scoped fixture. The module's folders are
+    removed when its tests end without a failure: training fixtures write checkpoints of about
+    100 MB each, and held to the end of the suite they fill a small CI disk."""
+    root = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    failed_before = request.session.testsfailed
+
+    def make(name):
+        path = root / name
+        path.mkdir()
+        return path
+
+    yield make
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(root, ignore_errors=True)

@@ -619,9 +619,9 @@ def test_frozen_bn_is_refused_without_a_single_masked_pass(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smoke_dir(tmp_path_factory):
+def smoke_dir(module_tmp):
     """One cache for the smoke tests: the teacher and the runs they share train once."""
-    return tmp_path_factory.mktemp("benchmark_smoke")
+    return module_tmp("benchmark_smoke")
 
 
 @pytest.mark.slow
@@ -697,9 +697,9 @@ def test_probe_reports_initial_losses_and_both_calibration_factors(smoke_dir):
 
 
 @pytest.fixture(scope="module")
-def seg_smoke_dir(tmp_path_factory):
+def seg_smoke_dir(module_tmp):
     """One cache for the segmentation smoke tests: their teacher trains once."""
-    return tmp_path_factory.mktemp("benchmark_seg_smoke")
+    return module_tmp("benchmark_seg_smoke")
 
 
 @pytest.mark.slow

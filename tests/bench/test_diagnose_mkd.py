@@ -61,10 +61,10 @@ def test_linear_readout_recovers_a_linear_map_and_not_noise():
 
 
 @pytest.fixture(scope="module")
-def trained_runs(tiny_digits, tmp_path_factory):
+def trained_runs(tiny_digits, module_tmp):
     """Run directories of an MKD, a mimic and an undistilled run (2 iterations each), the two
     distilled ones with one random R50 teacher."""
-    root = tmp_path_factory.mktemp("diagnose_runs")
+    root = module_tmp("diagnose_runs")
     teacher = root / "teacher.pth"
     torch.manual_seed(0)
     model = instantiate(LazyConfig.load(str(BUILTIN / "retinanet_R50_scratch.py")).model)
@@ -85,9 +85,9 @@ def trained_runs(tiny_digits, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def diagnosis(trained_runs, tmp_path_factory):
+def diagnosis(trained_runs, module_tmp):
     """The tool on the three runs; the mimic run given as config + checkpoint."""
-    out = tmp_path_factory.mktemp("diagnosis")
+    out = module_tmp("diagnosis")
     mimic = trained_runs["mimic"]
     measured = cli.main([
         "--runs", trained_runs["none"], trained_runs["mkd"], "--config-file",

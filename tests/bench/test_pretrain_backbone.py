@@ -22,13 +22,13 @@ TINY = pretrain_backbone.Settings(iters=2, batch_size=4, crop_size=32)
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(module_tmp):
     """The tool on 6 + 3 generated shapes images; the images it read, and the checkpoint."""
-    root = str(tmp_path_factory.mktemp("shapes"))
+    root = str(module_tmp("shapes"))
     generate_dataset(root, seed=0, num_train=6, num_val=3, image_size=96, workers=1)
     previous = MetadataCatalog.get("mkd_shapes_train").dataset_root
     register_builtin(root, dataset="shapes")
-    output = tmp_path_factory.mktemp("pretrained")
+    output = module_tmp("pretrained")
     read = []
     with pytest.MonkeyPatch.context() as patch:
         original = pretrain_backbone.utils.read_image

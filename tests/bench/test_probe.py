@@ -22,9 +22,9 @@ SMALL = ["dataloader.train.total_batch_size=2", "model.distiller.decoder.width=3
 
 
 @pytest.fixture(scope="module")
-def teacher_weights(tmp_path_factory):
+def teacher_weights(module_tmp):
     """A checkpoint of the built-in pair's teacher (untrained: the mechanics suffice)."""
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
+    path = module_tmp("teacher") / "teacher.pth"
     model = instantiate(LazyConfig.load(str(BUILTIN / "retinanet_R50_scratch.py")).model)
     torch.save({"model": model.state_dict()}, path)
     return str(path)

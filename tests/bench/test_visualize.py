@@ -19,9 +19,9 @@ SMALL = ["model.distiller.decoder.width=32", "model.distiller.decoder.num_heads=
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, tiny_digits):
+def checkpoints(module_tmp, tiny_digits):
     """A random teacher, an initial MKD checkpoint, and one whose decoder differs from it."""
-    out = tmp_path_factory.mktemp("visualize")
+    out = module_tmp("visualize")
     cfg = LazyConfig.apply_overrides(LazyConfig.load(CONFIG),
                                      SMALL + ["model.teacher_weights=null"])
     torch.manual_seed(0)

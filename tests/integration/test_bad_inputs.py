@@ -94,9 +94,9 @@ def assert_no_checkpoint_written(output, before):
 
 
 @pytest.fixture(scope="module")
-def weight_files(tmp_path_factory):
+def weight_files(module_tmp):
     """Teacher/student files of the MKD config's models, good and bad."""
-    root = tmp_path_factory.mktemp("weights")
+    root = module_tmp("weights")
     model = LazyConfig.load(str(MKD_CONFIG)).model
     torch.manual_seed(0)
     teacher = instantiate(model.teacher).state_dict()

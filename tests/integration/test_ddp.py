@@ -287,9 +287,9 @@ def _worker(rank, world_size, init_file, tmp_path, results):
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
+def ranks(module_tmp):
     """What every rank of one 2-process run reports, by rank."""
-    tmp_path = tmp_path_factory.mktemp("ddp")
+    tmp_path = module_tmp("ddp")
     results = mp.Manager().dict()
     mp.spawn(_worker, args=(WORLD_SIZE, str(tmp_path / "init"), tmp_path, results),
              nprocs=WORLD_SIZE)

@@ -93,8 +93,8 @@ class Workspace:
 
 
 @pytest.fixture(scope="module")
-def workspace(tiny_digits, tmp_path_factory):
-    return Workspace(tmp_path_factory.mktemp("kill_resume"), tiny_digits)
+def workspace(tiny_digits, module_tmp):
+    return Workspace(module_tmp("kill_resume"), tiny_digits)
 
 
 def _temporaries(out, since_ns):

@@ -14,9 +14,9 @@ CONFIG = REPO / "configs" / "builtin" / "retinanet_R50_to_R18_mkd.py"
 
 
 @pytest.fixture(scope="module")
-def teacher_weights(tmp_path_factory):
+def teacher_weights(module_tmp):
     """A teacher checkpoint of the config's teacher model (untrained: the mechanics suffice)."""
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
+    path = module_tmp("teacher") / "teacher.pth"
     model = instantiate(LazyConfig.load(str(CONFIG)).model.teacher)
     torch.save({"model": model.state_dict()}, path)
     return str(path)

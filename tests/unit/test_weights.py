@@ -155,9 +155,9 @@ def mkd_train_setup(tmp_path, init_checkpoint, teacher):
 
 
 @pytest.fixture(scope="module")
-def mkd_files(tmp_path_factory):
+def mkd_files(module_tmp):
     """A teacher .pth, a plain detector .pth of the student and an MKD .pth, all of the config."""
-    root = tmp_path_factory.mktemp("mkd_files")
+    root = module_tmp("mkd_files")
     model = LazyConfig.load(str(MKD_CONFIG)).model
     torch.manual_seed(0)
     torch.save({"model": instantiate(model.teacher).state_dict()}, root / "teacher.pth")
